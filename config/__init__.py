@@ -1,0 +1,246 @@
+"""Settings: every IMGYX_* variable is declared once here, parsed and checked at start.
+
+Each field of `Settings` carries its default, its help text and its parser, so the
+command line, the README table and the validation all come from one declaration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import ipaddress
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ENV_PREFIX = "IMGYX_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_int(raw: str) -> int:
+    try:
+        return int(raw.strip(), 10)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+
+
+def parse_positive_int(raw: str) -> int:
+    value = parse_int(raw)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_non_negative_int(raw: str) -> int:
+    value = parse_int(raw)
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return value
+
+
+def parse_port(raw: str) -> int:
+    value = parse_int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port between 0 and 65535, got {value}")
+    return value
+
+
+def parse_path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return Path(raw.strip()).expanduser()
+
+
+def parse_optional_path(raw: str) -> Path | None:
+    return Path(raw.strip()).expanduser() if raw.strip() else None
+
+
+def parse_networks(raw: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for part in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def parse_master_key(raw: str) -> bytes | None:
+    if not raw.strip():
+        return None
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 (of 32 random bytes)") from None
+    if len(key) != 32:
+        raise ValueError(f"must decode to 32 bytes, got {len(key)}")
+    return key
+
+
+def parse_public_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL such as https://files.example, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return value
+
+
+STORAGE_BACKENDS = ("local",)
+
+
+def parse_choice(raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def parse_log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be one of debug, info, warning, error")
+    return value
+
+
+def setting(
+    default: Any, help: str, parse: Callable[[str], Any], shown: str | None = None
+) -> Any:
+    """Declare one setting: its default, help text and parser for the raw string."""
+    metadata = {"help": help, "parse": parse, "shown": shown}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service. Build with `Settings.from_environ()`."""
+
+    host: str = setting("127.0.0.1", "Address to listen on.", parse_str)
+    port: int = setting(8000, "TCP port to listen on (0 picks a free one).", parse_port)
+    processes: int = setting(
+        1, "Worker processes to fork (0 means one per CPU core).", parse_non_negative_int
+    )
+    data_dir: Path = setting(
+        Path("./data"),
+        "Folder for the database, the master key file and the local objects.",
+        parse_path,
+        shown="./data",
+    )
+    database_url: str = setting(
+        "",
+        "Database URL; empty means the SQLite file imgyx.db in the data folder.",
+        parse_str,
+    )
+    master_key: bytes | None = setting(
+        None,
+        "Base64 of 32 random bytes that wrap every data key. When empty, a key file "
+        "(master.key, mode 0600) is created in the data folder and reused.",
+        parse_master_key,
+        shown="",
+    )
+    storage: str = setting(
+        "local",
+        "Object store backend: local (files under <data dir>/objects).",
+        lambda raw: parse_choice(raw, STORAGE_BACKENDS),
+    )
+    spool_dir: Path | None = setting(
+        None,
+        "Folder for uploads in progress; empty means the system temporary folder. "
+        "Never inside the data folder, which holds no plaintext.",
+        parse_optional_path,
+        shown="",
+    )
+    max_upload_bytes: int = setting(
+        20 * 1024 * 1024, "Largest accepted file, in bytes.", parse_positive_int
+    )
+    rate_limit_per_hour: int = setting(
+        1000,
+        "Uploads per client in a sliding hour; 0 turns the limit off.",
+        parse_non_negative_int,
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = setting(
+        (),
+        "CIDRs of reverse proxies whose X-Forwarded-For is believed (comma or "
+        "space separated).",
+        parse_networks,
+        shown="",
+    )
+    public_url: str = setting(
+        "",
+        "Public base URL, e.g. https://files.example; used for absolute links.",
+        parse_public_url,
+    )
+    log_level: str = setting("INFO", "debug, info, warning or error.", parse_log_level)
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, **overrides: str
+    ) -> Settings:
+        """Read every setting from `environ` (default os.environ).
+
+        `overrides` are raw strings keyed by field name (from the command line); they
+        win over the environment. Raises SettingsError naming the first bad setting.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            raw = overrides.get(item.name)
+            if raw is None:
+                raw = environ.get(env_name(item.name))
+            if raw is None:
+                continue
+            try:
+                values[item.name] = item.metadata["parse"](raw)
+            except ValueError as error:
+                raise SettingsError(f"{env_name(item.name)}: {error}") from None
+        return cls(**values)
+
+    @property
+    def spool_folder(self) -> Path:
+        return self.spool_dir or Path(tempfile.gettempdir())
+
+    @property
+    def log_level_number(self) -> int:
+        return logging.getLevelName(self.log_level)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting as documentation shows it."""
+
+    name: str
+    env: str
+    default: str
+    help: str
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def describe() -> list[SettingInfo]:
+    """Every declared setting, for --help and the README table."""
+    infos = []
+    for item in dataclasses.fields(Settings):
+        shown = item.metadata["shown"]
+        default = shown if shown is not None else str(item.default)
+        infos.append(SettingInfo(item.name, env_name(item.name), default, item.metadata["help"]))
+    return infos

@@ -1,0 +1,161 @@
+"""The shared base handler: services, CORS, error shaping and the access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from tornado import httputil, web
+
+from config import Settings
+from ingest import Ingestor
+from models import Database
+from models.views import ViewCounter
+from storage import IntegrityError, SealedStore, StoreError
+from storage.keys import DeploymentKeys, UnwrapError
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("imgyx.access")
+
+# A fallback code for statuses raised without one (Tornado's own 404 and 405).
+CODES_BY_STATUS = {
+    400: "INVALID_BODY",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "FILE_TOO_LARGE",
+    415: "UNSUPPORTED_CONTENT_TYPE",
+    429: "RATE_LIMITED",
+    502: "STORAGE_ERROR",
+}
+
+EXPOSED_HEADERS = (
+    "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, "
+    "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+)
+ALLOWED_HEADERS = "Content-Type, Range, If-None-Match, If-Modified-Since, If-Range, X-Delete-Token"
+
+
+@dataclass
+class Services:
+    """What handlers work with; built once by server.open_services()."""
+
+    settings: Settings
+    database: Database
+    store: SealedStore
+    keys: DeploymentKeys
+    ingestor: Ingestor
+    views: ViewCounter
+
+
+class ApiError(web.HTTPError):
+    """An error answered as `{"code": ..., "error": ...}` with its HTTP status."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, reason=HTTPStatus(status).phrase)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "NOT_FOUND", "No file with that ID.")
+
+
+class BaseHandler(web.RequestHandler):
+    """CORS on every answer, nosniff, JSON errors shaped in one place."""
+
+    # The code of an unexpected failure; the upload handler says UPLOAD_FAILED.
+    internal_error_code = "INTERNAL_ERROR"
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self.bytes_sent = 0
+
+    def set_default_headers(self) -> None:
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.clear_header("Server")
+
+    def options(self, *args: str) -> None:
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.set_status(204)
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        if isinstance(chunk, dict):
+            chunk = json.dumps(chunk)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.bytes_sent += len(chunk)
+        super().write(chunk)
+
+    def write_json(self, status: int, body: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.write(body)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, StoreError):
+            status_code = 502
+        super().send_error(status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            code, message = error.code, error.message
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+        elif isinstance(error, StoreError):
+            code, message = "STORAGE_ERROR", "The file store failed; try again later."
+        elif status_code >= 500:
+            code, message = self.internal_error_code, "Internal error; nothing was stored."
+        else:
+            code = CODES_BY_STATUS.get(status_code, "ERROR")
+            message = httputil.responses.get(status_code, "Error")
+        self.write({"code": code, "error": message})
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            return
+        if isinstance(value, StoreError):
+            logger.error("store failed on %s %s: %s", self.request.method, self.request.path, value)
+        elif isinstance(value, IntegrityError | UnwrapError):
+            logger.error("file %s failed authentication: %s", self.request.path, value)
+        elif isinstance(value, web.HTTPError):
+            return
+        else:
+            logger.error(
+                "unexpected error on %s %s",
+                self.request.method,
+                self.request.path,
+                exc_info=(typ, value, tb),
+            )
+
+
+class NotFoundHandler(BaseHandler):
+    """Every path no route matches."""
+
+    def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        raise ApiError(404, "NOT_FOUND", "Nothing here.")
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """One access-log line per request, without the client address or query."""
+    request = handler.request
+    access_logger.info(
+        "%s %s %d %d %.1fms",
+        request.method,
+        request.path,
+        handler.get_status(),
+        getattr(handler, "bytes_sent", 0),
+        1000.0 * request.request_time(),
+    )

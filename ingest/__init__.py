@@ -1,0 +1,98 @@
+"""Turning an uploaded byte stream into a stored file: spool, fingerprint, type, dedup,
+encrypt, record."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from config import Settings
+from ingest import mime
+from ingest.spool import Spool
+from models import Database
+from models import files as catalog
+from models.records import FileView, metadata_context, open_record
+from storage.keys import DeploymentKeys
+from storage.sealed import SealedObject, SealedStore, seal_metadata
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stored:
+    file: FileView
+    created: bool
+
+
+class Ingestor:
+    """Stores spooled uploads: one object and one record per distinct content."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        store: SealedStore,
+        keys: DeploymentKeys,
+    ) -> None:
+        self._settings = settings
+        self._database = database
+        self._store = store
+        self._keys = keys
+        self._id_length = catalog.IdLength()
+
+    def open_spool(self) -> Spool:
+        return Spool(
+            self._settings.spool_folder,
+            self._settings.max_upload_bytes,
+            self._keys.fingerprinter(),
+        )
+
+    async def store(self, spool: Spool, file_name: str) -> Stored:
+        """Store the finished spool under `file_name`, or find the record that has it.
+
+        The spool is left for the caller to discard. On any failure after the object
+        was put, the object is deleted again before the error propagates.
+        """
+        fingerprint = spool.finish()
+        mimetype = mime.detect(bytes(spool.head))
+        existing = await self._database.run(catalog.find_by_fingerprint, fingerprint)
+        if existing is not None:
+            return Stored(open_record(existing, self._store), created=False)
+
+        sealed = await self._store.put_file(spool.path, spool.size)
+        try:
+            return await self._record(sealed, fingerprint, file_name, mimetype)
+        except BaseException:
+            await self._forget(sealed)
+            raise
+
+    async def _record(
+        self, sealed: SealedObject, fingerprint: str, file_name: str, mimetype: str
+    ) -> Stored:
+        data_key = self._store.data_key(sealed)
+        new = catalog.NewFile(sealed.size, fingerprint, sealed.key, sealed.wrapped_key)
+        while True:
+            file_id = catalog.new_file_id(self._id_length.length)
+            metadata = seal_metadata(
+                data_key,
+                metadata_context(file_id, sealed.key),
+                {"name": file_name, "type": mimetype},
+            )
+            try:
+                record = await self._database.run(catalog.create, new, file_id, metadata)
+            except catalog.IdTaken:
+                self._id_length.collided()
+                continue
+            except catalog.DuplicateContent as duplicate:
+                # Another upload of the same bytes won the race: use its record.
+                await self._forget(sealed)
+                return Stored(open_record(duplicate.existing, self._store), created=False)
+            self._id_length.succeeded()
+            return Stored(open_record(record, self._store), created=True)
+
+    async def _forget(self, sealed: SealedObject) -> None:
+        try:
+            await self._store.delete(sealed.key)
+        except Exception:
+            # gc removes objects no record references; nothing is lost here.
+            logger.exception("could not delete an unrecorded object")

@@ -1,0 +1,143 @@
+"""Peewee models, the database connection and the thread pool that runs queries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+import peewee
+
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+database_proxy = peewee.DatabaseProxy()
+
+T = TypeVar("T")
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+
+
+class File(BaseModel):
+    """The public record of one uploaded file.
+
+    The name and type live in `metadata`, sealed under a key derived from the file's
+    data key; the database holds neither in clear.
+    """
+
+    id = peewee.CharField(max_length=16, primary_key=True)
+    size = peewee.BigIntegerField()
+    views = peewee.BigIntegerField(default=0)
+    created_at = peewee.DateTimeField()
+    fingerprint = peewee.CharField(max_length=64, unique=True)
+    object_key = peewee.CharField(max_length=32)
+    wrapped_key = peewee.BlobField()
+    metadata = peewee.BlobField()
+
+    class Meta:
+        table_name = "files"
+
+
+class Totals(BaseModel):
+    """One row of running totals, updated with every change, so stats never scan."""
+
+    id = peewee.IntegerField(primary_key=True)
+    files = peewee.BigIntegerField(default=0)
+    views = peewee.BigIntegerField(default=0)
+    storage_bytes = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "totals"
+
+
+class Secret(BaseModel):
+    """Deployment secrets, stored wrapped under the master key."""
+
+    name = peewee.CharField(max_length=32, primary_key=True)
+    wrapped = peewee.BlobField()
+
+    class Meta:
+        table_name = "secrets"
+
+
+class RateWindow(BaseModel):
+    """Uploads per client hash per minute; rows older than the window are purged."""
+
+    client = peewee.CharField(max_length=32)
+    minute = peewee.IntegerField()
+    uploads = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "rate_windows"
+        primary_key = peewee.CompositeKey("client", "minute")
+
+
+class SchemaVersion(BaseModel):
+    version = peewee.IntegerField(primary_key=True)
+
+    class Meta:
+        table_name = "schema_version"
+
+
+ALL_MODELS: list[type[BaseModel]] = [File, Totals, Secret, RateWindow, SchemaVersion]
+
+
+def open_database(settings: Settings) -> peewee.Database:
+    """The database that IMGYX_DATABASE_URL names (default: SQLite in the data folder).
+
+    The models are bound to it: one database per process at a time.
+    """
+    url = settings.database_url or ""
+    parts = urlsplit(url)
+    if not url:
+        database = _sqlite(settings.data_dir / "imgyx.db")
+    elif parts.scheme == "sqlite":
+        database = _sqlite(Path(unquote(parts.path)))
+    else:
+        raise ValueError(f"unsupported database URL scheme {parts.scheme!r}")
+    database_proxy.initialize(database)
+    return database
+
+
+def _sqlite(path: Path) -> peewee.SqliteDatabase:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # IMMEDIATE: a write transaction takes the lock when it begins, so two writers
+    # queue on busy_timeout instead of deadlocking on a lock upgrade.
+    return peewee.SqliteDatabase(
+        str(path),
+        lock_type="IMMEDIATE",
+        pragmas={
+            "journal_mode": "wal",
+            "synchronous": "normal",
+            "busy_timeout": 10000,
+            "foreign_keys": 1,
+        },
+    )
+
+
+class Database:
+    """Runs blocking queries in a small thread pool, off the IO loop."""
+
+    def __init__(self, database: peewee.Database, threads: int = 4) -> None:
+        self.database = database
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="database")
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._call, function, args)
+
+    def _call(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
+        self.database.connect(reuse_if_open=True)
+        return function(*args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.database.close()

@@ -1,0 +1,140 @@
+"""Queries on file records and totals. Blocking; call them through Database.run()."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import peewee
+
+from models import File, Secret, Totals
+
+ID_ALPHABET = string.ascii_letters + string.digits
+ID_MIN_LENGTH = 5
+ID_MAX_LENGTH = 16
+
+# IDs that would shadow a route (compared case-insensitively); never issued.
+RESERVED_IDS = frozenset(
+    {"api", "docs", "static", "healthz", "readyz", "metrics", "favicon", "robots",
+     "sharex", "index", "about", "admin", "upload", "login"}
+)
+
+
+class DuplicateContent(Exception):
+    """The fingerprint is already stored; `existing` is the record that holds it."""
+
+    def __init__(self, existing: File) -> None:
+        super().__init__("content already stored")
+        self.existing = existing
+
+
+@dataclass(frozen=True)
+class NewFile:
+    size: int
+    fingerprint: str
+    object_key: str
+    wrapped_key: bytes
+
+
+def new_file_id(length: int) -> str:
+    """A random ID from [A-Za-z0-9], drawn with `secrets`, never a route name."""
+    while True:
+        candidate = "".join(secrets.choice(ID_ALPHABET) for _ in range(length))
+        if candidate.lower() not in RESERVED_IDS:
+            return candidate
+
+
+class IdLength:
+    """The length new IDs are drawn at; grows when collisions get frequent.
+
+    Starting at 5 characters (62**5, about 9e8 IDs), a collision means the space is
+    filling up; two in a row at one length move every later draw one character up.
+    """
+
+    def __init__(self, length: int = ID_MIN_LENGTH) -> None:
+        self.length = length
+        self._collisions = 0
+
+    def collided(self) -> None:
+        self._collisions += 1
+        if self._collisions >= 2 and self.length < ID_MAX_LENGTH:
+            self.length += 1
+            self._collisions = 0
+
+    def succeeded(self) -> None:
+        self._collisions = 0
+
+
+def find(file_id: str) -> File | None:
+    return File.get_or_none(File.id == file_id)  # type: ignore[no-any-return]
+
+
+def find_by_fingerprint(fingerprint: str) -> File | None:
+    return File.get_or_none(File.fingerprint == fingerprint)  # type: ignore[no-any-return]
+
+
+def create(new: NewFile, file_id: str, metadata: bytes) -> File:
+    """Insert the record and bump the totals in one transaction.
+
+    Raises DuplicateContent when another upload stored the same fingerprint first,
+    and IdTaken when the ID is in use; nothing is written in either case.
+    """
+    database = File._meta.database
+    try:
+        with database.atomic():
+            record = File.create(
+                id=file_id,
+                size=new.size,
+                created_at=datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
+                fingerprint=new.fingerprint,
+                object_key=new.object_key,
+                wrapped_key=new.wrapped_key,
+                metadata=metadata,
+            )
+            Totals.update(
+                files=Totals.files + 1, storage_bytes=Totals.storage_bytes + new.size
+            ).where(Totals.id == 1).execute()
+    except peewee.IntegrityError:
+        existing = find_by_fingerprint(new.fingerprint)
+        if existing is not None:
+            raise DuplicateContent(existing) from None
+        raise IdTaken(file_id) from None
+    return record
+
+
+class IdTaken(Exception):
+    """The drawn ID is already a record's; draw another."""
+
+
+def add_views(counts: dict[str, int]) -> None:
+    """Add batched view counts to their records and to the totals, in one transaction."""
+    if not counts:
+        return
+    database = File._meta.database
+    with database.atomic():
+        added = 0
+        for file_id, count in sorted(counts.items()):
+            query = File.update(views=File.views + count).where(File.id == file_id)
+            if query.execute():
+                added += count
+        Totals.update(views=Totals.views + added).where(Totals.id == 1).execute()
+
+
+def totals() -> Totals:
+    return Totals.get_by_id(1)
+
+
+def deployment_secret(
+    wrap: Callable[[bytes], bytes], unwrap: Callable[[bytes], bytes]
+) -> bytes:
+    """The deployment secret, made and stored (wrapped) on first start."""
+    row = Secret.get_or_none(Secret.name == "deployment")
+    if row is None:
+        wrapped = wrap(os.urandom(32))
+        Secret.insert(name="deployment", wrapped=wrapped).on_conflict_ignore().execute()
+        row = Secret.get(Secret.name == "deployment")
+    return unwrap(bytes(row.wrapped))

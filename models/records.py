@@ -1,0 +1,49 @@
+"""A file record opened for use: its sealed name and type decrypted."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from models import File
+from storage.sealed import SealedObject, SealedStore, open_metadata
+
+
+@dataclass(frozen=True)
+class FileView:
+    """Everything the handlers need about one file, in clear."""
+
+    id: str
+    name: str
+    mimetype: str
+    size: int
+    views: int
+    created_at: datetime.datetime
+    sealed: SealedObject
+
+
+def metadata_context(file_id: str, object_key: str) -> bytes:
+    """Binds sealed metadata to its record, so it cannot be moved to another one."""
+    return f"imgyx file {file_id} {object_key}".encode()
+
+
+def sealed_object(record: File) -> SealedObject:
+    return SealedObject(str(record.object_key), bytes(record.wrapped_key), int(record.size))
+
+
+def open_record(record: File, store: SealedStore) -> FileView:
+    """Decrypt a record's private fields. Raises UnwrapError/IntegrityError if tampered."""
+    sealed = sealed_object(record)
+    fields = open_metadata(
+        store.data_key(sealed), metadata_context(record.id, sealed.key), bytes(record.metadata)
+    )
+    created = record.created_at.replace(tzinfo=datetime.UTC)
+    return FileView(
+        id=str(record.id),
+        name=str(fields["name"]),
+        mimetype=str(fields["type"]),
+        size=int(record.size),
+        views=int(record.views),
+        created_at=created,
+        sealed=sealed,
+    )

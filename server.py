@@ -1,0 +1,173 @@
+"""imgyx: `python server.py` serves; `python server.py --help` lists every setting."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from tornado import httpserver, ioloop, netutil, process
+
+import config
+from config import Settings, SettingsError
+from handlers import Services, make_app
+from ingest import Ingestor
+from models import Database, open_database
+from models import files as catalog
+from models import ratelimit
+from models.migrations import migrate
+from models.views import ViewCounter
+from storage import SealedStore, make_store
+from storage.keys import DeploymentKeys, MasterKey, UnwrapError, load_or_create_master_key
+
+logger = logging.getLogger("imgyx.server")
+
+FLUSH_SECONDS = 2.0
+# Tornado's own body limit for routes that do not stream; the upload route raises it.
+SMALL_BODY_LIMIT = 64 * 1024
+
+
+def parse_arguments(argv: Sequence[str]) -> dict[str, str]:
+    parser = argparse.ArgumentParser(
+        prog="server.py",
+        description="imgyx, an anonymous file host. Every option can also be set "
+        "with its IMGYX_* environment variable; options win.",
+    )
+    for info in config.describe():
+        parser.add_argument(
+            "--" + info.name.replace("_", "-"),
+            dest=info.name,
+            metavar=info.name.upper(),
+            help=f"{info.help} [{info.env}, default: {info.default or 'empty'}]",
+        )
+    arguments = parser.parse_args(list(argv))
+    return {name: value for name, value in vars(arguments).items() if value is not None}
+
+
+class RedactAddresses(logging.Filter):
+    """Tornado names the peer in some of its messages; we keep no client address."""
+
+    PATTERN = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\b[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}\b")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("tornado"):
+            record.msg = self.PATTERN.sub("[client]", record.getMessage())
+            record.args = ()
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactAddresses())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level_number)
+
+
+def prepare_data(settings: Settings) -> tuple[MasterKey, bytes]:
+    """Make the data folder, the master key and the schema; once, before any fork.
+
+    Returns the master key and the deployment secret. Raises SettingsError when the
+    master key cannot open this database.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    master = MasterKey(load_or_create_master_key(settings.master_key, settings.data_dir))
+    try:
+        database = open_database(settings)
+    except ValueError as error:
+        raise SettingsError(f"IMGYX_DATABASE_URL: {error}") from None
+    try:
+        migrate(database)
+        secret = catalog.deployment_secret(
+            lambda key: master.wrap(key, b"deployment"),
+            lambda wrapped: master.unwrap(wrapped, b"deployment"),
+        )
+    except UnwrapError:
+        raise SettingsError(
+            "IMGYX_MASTER_KEY: this is not the master key this database was made with"
+        ) from None
+    finally:
+        database.close()
+    return master, secret
+
+
+def open_services(settings: Settings, master: MasterKey, secret: bytes) -> Services:
+    database = Database(open_database(settings))
+    store = SealedStore(make_store(settings), master)
+    keys = DeploymentKeys(secret)
+    return Services(
+        settings=settings,
+        database=database,
+        store=store,
+        keys=keys,
+        ingestor=Ingestor(settings, database, store, keys),
+        views=ViewCounter(database),
+    )
+
+
+async def close_services(services: Services) -> None:
+    await services.views.flush()
+    await services.store.store.close()
+    services.database.close()
+
+
+async def housekeeping(services: Services) -> None:
+    """Every couple of seconds: write view counts, drop expired rate windows."""
+    await services.views.flush()
+    try:
+        await services.database.run(ratelimit.purge)
+    except Exception:
+        logger.exception("could not purge expired rate-limit windows")
+
+
+async def serve(settings: Settings, sockets: list[socket.socket], secrets: tuple[MasterKey, bytes]) -> None:
+    services = open_services(settings, *secrets)
+    server = httpserver.HTTPServer(
+        make_app(services),
+        max_body_size=SMALL_BODY_LIMIT,
+        idle_connection_timeout=60,
+        body_timeout=300,
+    )
+    server.add_sockets(sockets)
+    ticker = ioloop.PeriodicCallback(lambda: housekeeping(services), FLUSH_SECONDS * 1000)
+    ticker.start()
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stopping.set)
+    await stopping.wait()
+
+    logger.info("stopping")
+    ticker.stop()
+    server.stop()
+    await close_services(services)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = Settings.from_environ(**overrides)
+        secrets = prepare_data(settings)
+    except SettingsError as error:
+        print(f"imgyx: {error}", file=sys.stderr)  # noqa: T201
+        return 2
+    configure_logging(settings)
+
+    sockets = netutil.bind_sockets(settings.port, settings.host)
+    port = sockets[0].getsockname()[1]
+    if settings.processes != 1:
+        process.fork_processes(settings.processes or None)
+    logger.info("imgyx listening on http://%s:%d", settings.host, port)
+    asyncio.run(serve(settings, sockets, secrets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The master key, the data keys it wraps, and the deployment keys derived for
+fingerprints, ETags and client hashes.
+
+Two secrets, two jobs. The *master key* (IMGYX_MASTER_KEY or the key file) only wraps:
+data keys, and the deployment secret. The *deployment secret* is random, made once,
+stored wrapped in the database, and everything keyed but not wrapped (fingerprints,
+ETags, client hashes) is derived from it. Rotating the master key therefore re-wraps
+small blobs and leaves objects, fingerprints and ETags untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE_NAME = "master.key"
+WRAP_FORMAT = 1
+KEY_ID_SIZE = 4
+NONCE_SIZE = 12
+
+
+class UnwrapError(Exception):
+    """A wrapped key did not unwrap: wrong master key, or a tampered record."""
+
+
+def derive(secret: bytes, purpose: str) -> bytes:
+    """A 32-byte key for one purpose, derived from `secret` with HKDF-SHA256."""
+    kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+    return kdf.derive(secret)
+
+
+def load_or_create_master_key(configured: bytes | None, data_dir: Path) -> bytes:
+    """The configured master key, else the key file in the data folder (made if absent).
+
+    The file is created with O_EXCL and mode 0600, so two processes starting at once
+    agree on one key and nobody else can read it.
+    """
+    if configured is not None:
+        return configured
+    path = data_dir / KEY_FILE_NAME
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key_file(path)
+    key = os.urandom(32)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.hex().encode() + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    logger.info("created a new master key file in the data folder")
+    return key
+
+
+def _read_key_file(path: Path) -> bytes:
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError(f"{path} does not hold a 64-hex-digit master key")
+    return key
+
+
+class MasterKey:
+    """Wraps and unwraps 32-byte keys, each bound to a context (e.g. its object key)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._aead = AESGCM(derive(secret, "imgyx/v1/wrap"))
+        self.key_id = derive(secret, "imgyx/v1/key-id")[:KEY_ID_SIZE]
+
+    def wrap(self, key: bytes, context: bytes) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = self._aead.encrypt(nonce, key, self._aad(context))
+        return bytes([WRAP_FORMAT]) + self.key_id + nonce + sealed
+
+    def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        head = 1 + KEY_ID_SIZE
+        if len(wrapped) < head + NONCE_SIZE + 16 or wrapped[0] != WRAP_FORMAT:
+            raise UnwrapError("not a wrapped key")
+        if wrapped[1:head] != self.key_id:
+            raise UnwrapError("wrapped under another master key")
+        nonce = wrapped[head : head + NONCE_SIZE]
+        try:
+            return self._aead.decrypt(nonce, wrapped[head + NONCE_SIZE :], self._aad(context))
+        except InvalidTag:
+            raise UnwrapError("wrapped key failed authentication") from None
+
+    @staticmethod
+    def _aad(context: bytes) -> bytes:
+        return b"imgyx wrapped key\x00" + context
+
+
+class DeploymentKeys:
+    """Keys derived from the deployment secret, stable across master-key rotation."""
+
+    def __init__(self, deployment_secret: bytes) -> None:
+        self._fingerprint = derive(deployment_secret, "imgyx/v1/fingerprint")
+        self._client = derive(deployment_secret, "imgyx/v1/client")
+        self.etag = derive(deployment_secret, "imgyx/v1/etag")
+
+    def fingerprinter(self) -> hmac.HMAC:
+        """A fresh keyed hash to feed an upload's bytes into."""
+        return hmac.new(self._fingerprint, digestmod=hashlib.sha256)
+
+    def client_hash(self, client: str) -> str:
+        """A keyed hash of a client address; the address itself is never kept."""
+        return hmac.new(self._client, client.encode(), hashlib.sha256).hexdigest()[:32]

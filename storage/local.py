@@ -1,0 +1,125 @@
+"""LocalStore: objects as files under <data dir>/objects, written atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from storage.base import ObjectInfo, ObjectNotFound, Readable, Store, StoreError
+from storage.base import check_object_key
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK = 256 * 1024
+WRITE_CHUNK = 1024 * 1024
+TEMP_SUFFIX = ".partial"
+
+
+class LocalStore(Store):
+    """Objects at `root/ab/abcdef...`: written to a temporary name, fsynced, renamed.
+
+    File IO runs in a small thread pool so a slow disk never stalls the IO loop.
+    """
+
+    def __init__(self, root: Path, threads: int = 8) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="local-store")
+
+    def _path(self, key: str) -> Path:
+        check_object_key(key)
+        return self.root / key[:2] / key
+
+    async def _run(self, function, *args):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, function, *args)
+        except FileNotFoundError:
+            raise ObjectNotFound("object not found") from None
+        except OSError as error:
+            raise StoreError(f"local store: {error.strerror or error}") from error
+
+    async def put(self, key: str, source: Readable, length: int) -> None:
+        await self._run(self._write, self._path(key), source, length)
+
+    def _write(self, path: Path, source: Readable, length: int) -> None:
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        temp = path.with_name(path.name + TEMP_SUFFIX)
+        try:
+            with open(temp, "wb") as handle:
+                remaining = length
+                while remaining > 0:
+                    chunk = source.read(min(WRITE_CHUNK, remaining))
+                    if not chunk:
+                        raise OSError(f"source ended {remaining} bytes early")
+                    handle.write(chunk)
+                    remaining -= len(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temp.rename(path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+    async def get(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        handle = await self._run(open, self._path(key), "rb")
+        try:
+            await self._run(handle.seek, offset)
+            remaining = length
+            while remaining > 0:
+                chunk = await self._run(handle.read, min(READ_CHUNK, remaining))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            handle.close()
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        await self._run(path.unlink, True)
+
+    async def stat(self, key: str) -> ObjectInfo:
+        result = await self._run(os.stat, self._path(key))
+        return _info(key, result)
+
+    async def list(self) -> AsyncIterator[ObjectInfo]:
+        # One fan-out folder at a time, so memory stays bounded at millions of objects.
+        folders = await self._run(lambda: sorted(p for p in self.root.iterdir() if p.is_dir()))
+        for folder in folders:
+            for entry in await self._run(_list_folder, folder):
+                yield entry
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _info(key: str, result: os.stat_result) -> ObjectInfo:
+    modified = datetime.datetime.fromtimestamp(result.st_mtime, datetime.UTC)
+    return ObjectInfo(key, result.st_size, modified)
+
+
+def _list_folder(folder: Path) -> list[ObjectInfo]:
+    entries = []
+    for path in folder.iterdir():
+        if path.name.endswith(TEMP_SUFFIX):
+            continue
+        try:
+            entries.append(_info(path.name, path.stat()))
+        except FileNotFoundError:
+            continue
+    return entries
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
