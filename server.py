@@ -17,13 +17,17 @@ import config
 from config import Settings, SettingsError
 from handlers import Services, make_app
 from ingest import Ingestor
-from models import Database, open_database
+from models import Database, open_database, ratelimit
 from models import files as catalog
-from models import ratelimit
 from models.migrations import migrate
 from models.views import ViewCounter
 from storage import SealedStore, make_store
-from storage.keys import DeploymentKeys, MasterKey, UnwrapError, load_or_create_master_key
+from storage.keys import (
+    DeploymentKeys,
+    MasterKey,
+    UnwrapError,
+    load_or_create_master_key,
+)
 
 logger = logging.getLogger("imgyx.server")
 
@@ -52,7 +56,9 @@ def parse_arguments(argv: Sequence[str]) -> dict[str, str]:
 class RedactAddresses(logging.Filter):
     """Tornado names the peer in some of its messages; we keep no client address."""
 
-    PATTERN = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\b[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}\b")
+    PATTERN = re.compile(
+        r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\b[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}\b"
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("tornado"):
@@ -63,7 +69,9 @@ class RedactAddresses(logging.Filter):
 
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     handler.addFilter(RedactAddresses())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -77,7 +85,9 @@ def prepare_data(settings: Settings) -> tuple[MasterKey, bytes]:
     master key cannot open this database.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    master = MasterKey(load_or_create_master_key(settings.master_key, settings.data_dir))
+    master = MasterKey(
+        load_or_create_master_key(settings.master_key, settings.data_dir)
+    )
     try:
         database = open_database(settings)
     except ValueError as error:
@@ -126,7 +136,9 @@ async def housekeeping(services: Services) -> None:
         logger.exception("could not purge expired rate-limit windows")
 
 
-async def serve(settings: Settings, sockets: list[socket.socket], secrets: tuple[MasterKey, bytes]) -> None:
+async def serve(
+    settings: Settings, sockets: list[socket.socket], secrets: tuple[MasterKey, bytes]
+) -> None:
     services = open_services(settings, *secrets)
     server = httpserver.HTTPServer(
         make_app(services),
@@ -135,7 +147,9 @@ async def serve(settings: Settings, sockets: list[socket.socket], secrets: tuple
         body_timeout=300,
     )
     server.add_sockets(sockets)
-    ticker = ioloop.PeriodicCallback(lambda: housekeeping(services), FLUSH_SECONDS * 1000)
+    ticker = ioloop.PeriodicCallback(
+        lambda: housekeeping(services), FLUSH_SECONDS * 1000
+    )
     ticker.start()
 
     stopping = asyncio.Event()
@@ -153,10 +167,10 @@ async def serve(settings: Settings, sockets: list[socket.socket], secrets: tuple
 def main(argv: Sequence[str] | None = None) -> int:
     overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
     try:
-        settings = Settings.from_environ(**overrides)
+        settings = Settings.from_environ(overrides=overrides)
         secrets = prepare_data(settings)
     except SettingsError as error:
-        print(f"imgyx: {error}", file=sys.stderr)  # noqa: T201
+        print(f"imgyx: {error}", file=sys.stderr)
         return 2
     configure_logging(settings)
 

@@ -98,7 +98,9 @@ def parse_public_url(raw: str) -> str:
         return ""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"must be an http(s) URL such as https://files.example, got {raw!r}")
+        raise ValueError(
+            f"must be an http(s) URL such as https://files.example, got {raw!r}"
+        )
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     return value
@@ -136,7 +138,9 @@ class Settings:
     host: str = setting("127.0.0.1", "Address to listen on.", parse_str)
     port: int = setting(8000, "TCP port to listen on (0 picks a free one).", parse_port)
     processes: int = setting(
-        1, "Worker processes to fork (0 means one per CPU core).", parse_non_negative_int
+        1,
+        "Worker processes to fork (0 means one per CPU core).",
+        parse_non_negative_int,
     )
     data_dir: Path = setting(
         Path("./data"),
@@ -192,7 +196,9 @@ class Settings:
 
     @classmethod
     def from_environ(
-        cls, environ: Mapping[str, str] | None = None, **overrides: str
+        cls,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str] | None = None,
     ) -> Settings:
         """Read every setting from `environ` (default os.environ).
 
@@ -200,6 +206,7 @@ class Settings:
         win over the environment. Raises SettingsError naming the first bad setting.
         """
         environ = os.environ if environ is None else environ
+        overrides = overrides or {}
         values: dict[str, Any] = {}
         for item in dataclasses.fields(cls):
             raw = overrides.get(item.name)
@@ -242,5 +249,7 @@ def describe() -> list[SettingInfo]:
     for item in dataclasses.fields(Settings):
         shown = item.metadata["shown"]
         default = shown if shown is not None else str(item.default)
-        infos.append(SettingInfo(item.name, env_name(item.name), default, item.metadata["help"]))
+        infos.append(
+            SettingInfo(item.name, env_name(item.name), default, item.metadata["help"])
+        )
     return infos

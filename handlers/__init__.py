@@ -6,6 +6,8 @@ from tornado import web
 
 from handlers.api import InfoHandler, StatsHandler
 from handlers.base import NotFoundHandler, Services, log_request
+
+__all__ = ["Services", "make_app"]
 from handlers.files import RAW_ROUTE, RawFileHandler
 from handlers.upload import UploadHandler
 

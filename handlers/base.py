@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from http import HTTPStatus
+from http import HTTPStatus, client
 from typing import Any
 
-from tornado import httputil, web
+from tornado import web
 
 from config import Settings
 from ingest import Ingestor
@@ -35,7 +35,9 @@ EXPOSED_HEADERS = (
     "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, "
     "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
 )
-ALLOWED_HEADERS = "Content-Type, Range, If-None-Match, If-Modified-Since, If-Range, X-Delete-Token"
+ALLOWED_HEADERS = (
+    "Content-Type, Range, If-None-Match, If-Modified-Since, If-Range, X-Delete-Token"
+)
 
 
 @dataclass
@@ -54,7 +56,11 @@ class ApiError(web.HTTPError):
     """An error answered as `{"code": ..., "error": ...}` with its HTTP status."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status, reason=HTTPStatus(status).phrase)
         self.code = code
@@ -84,7 +90,9 @@ class BaseHandler(web.RequestHandler):
         self.clear_header("Server")
 
     def options(self, *args: str) -> None:
-        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
+        self.set_header(
+            "Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS"
+        )
         self.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
         self.set_header("Access-Control-Max-Age", "86400")
         self.set_status(204)
@@ -115,17 +123,25 @@ class BaseHandler(web.RequestHandler):
         elif isinstance(error, StoreError):
             code, message = "STORAGE_ERROR", "The file store failed; try again later."
         elif status_code >= 500:
-            code, message = self.internal_error_code, "Internal error; nothing was stored."
+            code, message = (
+                self.internal_error_code,
+                "Internal error; nothing was stored.",
+            )
         else:
             code = CODES_BY_STATUS.get(status_code, "ERROR")
-            message = httputil.responses.get(status_code, "Error")
+            message = client.responses.get(status_code, "Error")
         self.write({"code": code, "error": message})
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
             return
         if isinstance(value, StoreError):
-            logger.error("store failed on %s %s: %s", self.request.method, self.request.path, value)
+            logger.error(
+                "store failed on %s %s: %s",
+                self.request.method,
+                self.request.path,
+                value,
+            )
         elif isinstance(value, IntegrityError | UnwrapError):
             logger.error("file %s failed authentication: %s", self.request.path, value)
         elif isinstance(value, web.HTTPError):

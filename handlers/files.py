@@ -64,7 +64,9 @@ class RawFileHandler(BaseHandler):
         if record is None:
             raise not_found()
         file = open_record(record, self.services.store)
-        inline = "inline" in self.request.arguments or bool(INLINE_BY_DEFAULT.match(file.mimetype))
+        inline = "inline" in self.request.arguments or bool(
+            INLINE_BY_DEFAULT.match(file.mimetype)
+        )
         self.set_header("Content-Type", served_type(file.mimetype, inline))
         self.set_header("Content-Length", str(file.size))
         self.set_header("Content-Disposition", content_disposition(inline, file.name))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 
 from handlers.base import ApiError, BaseHandler
 from handlers.clients import client_address, client_key
@@ -70,12 +71,15 @@ class UploadHandler(BaseHandler):
             )
         settings = self.services.settings
         self._body_limit = (
-            settings.max_upload_bytes + MULTIPART_ALLOWANCE if kind == "multipart" else JSON_LIMIT
+            settings.max_upload_bytes + MULTIPART_ALLOWANCE
+            if kind == "multipart"
+            else JSON_LIMIT
         )
         # Tornado's own limit must never answer first (with a bare 400): keep it above
         # ours and above any declared length, so our 413 is the answer.
         declared = self._declared_length()
-        self.request.connection.set_max_body_size(max(self._body_limit, declared or 0) + 1)
+        connection = cast(HTTP1Connection, self.request.connection)
+        connection.set_max_body_size(max(self._body_limit, declared or 0) + 1)
         if declared is not None and declared > self._body_limit:
             raise too_large(settings.max_upload_bytes)
 
@@ -84,9 +88,13 @@ class UploadHandler(BaseHandler):
             self._json = bytearray()
             return
         try:
-            self._reader = MultipartReader(self.request.headers, self.services.ingestor.open_spool)
+            self._reader = MultipartReader(
+                self.request.headers, self.services.ingestor.open_spool
+            )
         except MalformedMultipart as error:
-            raise ApiError(400, "INVALID_BODY", f"Malformed multipart body: {error}.") from None
+            raise ApiError(
+                400, "INVALID_BODY", f"Malformed multipart body: {error}."
+            ) from None
 
     def _declared_length(self) -> int | None:
         raw = self.request.headers.get("Content-Length")
@@ -95,7 +103,9 @@ class UploadHandler(BaseHandler):
         try:
             return int(raw.split(",")[0].strip())
         except ValueError:
-            raise ApiError(400, "INVALID_BODY", "Content-Length is not a number.") from None
+            raise ApiError(
+                400, "INVALID_BODY", "Content-Length is not a number."
+            ) from None
 
     async def _take_rate_limit(self) -> None:
         settings = self.services.settings
@@ -140,7 +150,9 @@ class UploadHandler(BaseHandler):
         except FileTooLarge:
             self._refuse(too_large(self.services.settings.max_upload_bytes))
         except MalformedMultipart as error:
-            self._refuse(ApiError(400, "INVALID_BODY", f"Malformed multipart body: {error}."))
+            self._refuse(
+                ApiError(400, "INVALID_BODY", f"Malformed multipart body: {error}.")
+            )
 
     def _refuse(self, error: ApiError) -> None:
         # Answer now, before the rest of the body; Tornado then drops the remaining
@@ -155,12 +167,18 @@ class UploadHandler(BaseHandler):
             raise ApiError(400, "INVALID_BODY", "Malformed request body.")
         target = self._reader.target
         if target.spool is None or (target.complete and target.spool.size == 0):
-            raise ApiError(400, "NO_FILE", "Send a non-empty file in the field named file.")
+            raise ApiError(
+                400, "NO_FILE", "Send a non-empty file in the field named file."
+            )
         if not target.complete:
-            raise ApiError(400, "INVALID_BODY", "Malformed multipart body: it ends early.")
+            raise ApiError(
+                400, "INVALID_BODY", "Malformed multipart body: it ends early."
+            )
         name = sanitise(self._reader.file_name)
         stored = await self.services.ingestor.store(target.spool, name)
-        self.write_json(201 if stored.created else 200, upload_body(stored.file, stored.created))
+        self.write_json(
+            201 if stored.created else 200, upload_body(stored.file, stored.created)
+        )
 
     def _post_json(self, body: bytes) -> None:
         try:
@@ -170,7 +188,9 @@ class UploadHandler(BaseHandler):
         url = document.get("url") if isinstance(document, dict) else None
         if not isinstance(url, str) or not url.strip():
             raise ApiError(400, "NO_URL", "Send a JSON object with a url string.")
-        raise ApiError(501, "NOT_IMPLEMENTED", "Uploads from a URL are not available yet.")
+        raise ApiError(
+            501, "NOT_IMPLEMENTED", "Uploads from a URL are not available yet."
+        )
 
     def _discard(self) -> None:
         if self._reader is not None:

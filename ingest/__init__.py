@@ -79,14 +79,18 @@ class Ingestor:
                 {"name": file_name, "type": mimetype},
             )
             try:
-                record = await self._database.run(catalog.create, new, file_id, metadata)
+                record = await self._database.run(
+                    catalog.create, new, file_id, metadata
+                )
             except catalog.IdTaken:
                 self._id_length.collided()
                 continue
             except catalog.DuplicateContent as duplicate:
                 # Another upload of the same bytes won the race: use its record.
                 await self._forget(sealed)
-                return Stored(open_record(duplicate.existing, self._store), created=False)
+                return Stored(
+                    open_record(duplicate.existing, self._store), created=False
+                )
             self._id_length.succeeded()
             return Stored(open_record(record, self._store), created=True)
 

@@ -9,7 +9,9 @@ import magic
 
 FALLBACK = "application/octet-stream"
 MAX_LENGTH = 100
-_TYPE = re.compile(r"\A[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\Z")
+_TYPE = re.compile(
+    r"\A[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\Z"
+)
 
 _detector = magic.Magic(mime=True)
 # libmagic handles are not safe to share between threads.

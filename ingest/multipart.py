@@ -47,7 +47,9 @@ class MultipartReader:
     the spool through as soon as the limit is passed.
     """
 
-    def __init__(self, headers: Mapping[str, str], open_spool: Callable[[], Spool]) -> None:
+    def __init__(
+        self, headers: Mapping[str, str], open_spool: Callable[[], Spool]
+    ) -> None:
         try:
             self._parser = StreamingFormDataParser(headers)
         except ParseFailedException as error:

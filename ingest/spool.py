@@ -26,7 +26,9 @@ class Spool:
         self.size = 0
         self.head = bytearray()
         self._hash = fingerprinter
-        descriptor, name = tempfile.mkstemp(prefix="imgyx-", suffix=".spool", dir=folder)
+        descriptor, name = tempfile.mkstemp(
+            prefix="imgyx-", suffix=".spool", dir=folder
+        )
         self.path = Path(name)
         self._handle = os.fdopen(descriptor, "wb")
 

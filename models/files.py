@@ -19,8 +19,22 @@ ID_MAX_LENGTH = 16
 
 # IDs that would shadow a route (compared case-insensitively); never issued.
 RESERVED_IDS = frozenset(
-    {"api", "docs", "static", "healthz", "readyz", "metrics", "favicon", "robots",
-     "sharex", "index", "about", "admin", "upload", "login"}
+    {
+        "api",
+        "docs",
+        "static",
+        "healthz",
+        "readyz",
+        "metrics",
+        "favicon",
+        "robots",
+        "sharex",
+        "index",
+        "about",
+        "admin",
+        "upload",
+        "login",
+    }
 )
 
 
@@ -70,11 +84,11 @@ class IdLength:
 
 
 def find(file_id: str) -> File | None:
-    return File.get_or_none(File.id == file_id)  # type: ignore[no-any-return]
+    return File.get_or_none(File.id == file_id)
 
 
 def find_by_fingerprint(fingerprint: str) -> File | None:
-    return File.get_or_none(File.fingerprint == fingerprint)  # type: ignore[no-any-return]
+    return File.get_or_none(File.fingerprint == fingerprint)
 
 
 def create(new: NewFile, file_id: str, metadata: bytes) -> File:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-
-
 from models import RateWindow
 
 WINDOW_MINUTES = 60
@@ -44,7 +42,9 @@ def take(client: str, limit: int, now: float | None = None) -> Verdict:
             ).execute()
             used += 1
             buckets.append((minute, 1))
-    return Verdict(allowed, limit, max(limit - used, 0), _reset(buckets, used, limit, now))
+    return Verdict(
+        allowed, limit, max(limit - used, 0), _reset(buckets, used, limit, now)
+    )
 
 
 def _buckets(client: str, minute: int) -> list[tuple[int, int]]:
@@ -57,7 +57,8 @@ def _buckets(client: str, minute: int) -> list[tuple[int, int]]:
         .order_by(RateWindow.minute)
         .tuples()
     )
-    return list(query)
+    rows: list[tuple[int, int]] = list(query)  # type: ignore[arg-type]
+    return rows
 
 
 def _reset(buckets: list[tuple[int, int]], used: int, limit: int, now: float) -> int:
@@ -78,5 +79,3 @@ def purge(now: float | None = None) -> int:
     now = time.time() if now is None else now
     oldest = int(now // 60) - WINDOW_MINUTES
     return int(RateWindow.delete().where(RateWindow.minute <= oldest).execute())
-
-

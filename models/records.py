@@ -28,14 +28,18 @@ def metadata_context(file_id: str, object_key: str) -> bytes:
 
 
 def sealed_object(record: File) -> SealedObject:
-    return SealedObject(str(record.object_key), bytes(record.wrapped_key), int(record.size))
+    return SealedObject(
+        str(record.object_key), bytes(record.wrapped_key), int(record.size)
+    )
 
 
 def open_record(record: File, store: SealedStore) -> FileView:
     """Decrypt a record's private fields. Raises UnwrapError/IntegrityError if tampered."""
     sealed = sealed_object(record)
     fields = open_metadata(
-        store.data_key(sealed), metadata_context(record.id, sealed.key), bytes(record.metadata)
+        store.data_key(sealed),
+        metadata_context(record.id, sealed.key),
+        bytes(record.metadata),
     )
     created = record.created_at.replace(tzinfo=datetime.UTC)
     return FileView(

@@ -134,9 +134,12 @@ def locate(plaintext_size: int, start: int, end: int) -> SealedRange:
     first = start // SEGMENT_SIZE
     last = end // SEGMENT_SIZE if plaintext_size else 0
     offset = HEADER_SIZE + first * SEALED_SEGMENT_SIZE
-    stop = HEADER_SIZE + last * SEALED_SEGMENT_SIZE + _segment_plain_size(
-        plaintext_size, last
-    ) + TAG_SIZE
+    stop = (
+        HEADER_SIZE
+        + last * SEALED_SEGMENT_SIZE
+        + _segment_plain_size(plaintext_size, last)
+        + TAG_SIZE
+    )
     if first == 0:
         offset = 0
     return SealedRange(offset, stop - offset, first, last)

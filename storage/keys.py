@@ -92,7 +92,9 @@ class MasterKey:
             raise UnwrapError("wrapped under another master key")
         nonce = wrapped[head : head + NONCE_SIZE]
         try:
-            return self._aead.decrypt(nonce, wrapped[head + NONCE_SIZE :], self._aad(context))
+            return self._aead.decrypt(
+                nonce, wrapped[head + NONCE_SIZE :], self._aad(context)
+            )
         except InvalidTag:
             raise UnwrapError("wrapped key failed authentication") from None
 

@@ -6,14 +6,23 @@ import asyncio
 import datetime
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
-from storage.base import ObjectInfo, ObjectNotFound, Readable, Store, StoreError
-from storage.base import check_object_key
+from storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    Readable,
+    Store,
+    StoreError,
+    check_object_key,
+)
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 READ_CHUNK = 256 * 1024
 WRITE_CHUNK = 1024 * 1024
@@ -35,7 +44,7 @@ class LocalStore(Store):
         check_object_key(key)
         return self.root / key[:2] / key
 
-    async def _run(self, function, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, function, *args)
@@ -68,7 +77,7 @@ class LocalStore(Store):
         _fsync_folder(path.parent)
 
     async def get(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
-        handle = await self._run(open, self._path(key), "rb")
+        handle = await self._run(_open_for_reading, self._path(key))
         try:
             await self._run(handle.seek, offset)
             remaining = length
@@ -91,7 +100,9 @@ class LocalStore(Store):
 
     async def list(self) -> AsyncIterator[ObjectInfo]:
         # One fan-out folder at a time, so memory stays bounded at millions of objects.
-        folders = await self._run(lambda: sorted(p for p in self.root.iterdir() if p.is_dir()))
+        folders = await self._run(
+            lambda: sorted(p for p in self.root.iterdir() if p.is_dir())
+        )
         for folder in folders:
             for entry in await self._run(_list_folder, folder):
                 yield entry
@@ -103,6 +114,10 @@ class LocalStore(Store):
 def _info(key: str, result: os.stat_result) -> ObjectInfo:
     modified = datetime.datetime.fromtimestamp(result.st_mtime, datetime.UTC)
     return ObjectInfo(key, result.st_size, modified)
+
+
+def _open_for_reading(path: Path) -> BinaryIO:
+    return open(path, "rb")
 
 
 def _list_folder(folder: Path) -> list[ObjectInfo]:

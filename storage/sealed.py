@@ -13,8 +13,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from storage.base import Store, new_object_key
-from storage.crypto import EncryptingReader, IntegrityError, decrypt_range, locate
-from storage.crypto import new_data_key
+from storage.crypto import (
+    EncryptingReader,
+    IntegrityError,
+    decrypt_range,
+    locate,
+    new_data_key,
+)
 from storage.keys import MasterKey, derive
 
 

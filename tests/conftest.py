@@ -1,0 +1,78 @@
+"""Shared fixtures: a real application on a temporary data folder, served over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tornado import ioloop, web
+
+from config import Settings
+from handlers import Services, make_app
+from server import close_services, open_services, prepare_data
+
+TEST_LIMIT = 200_000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "settings(**values): override test settings")
+
+
+@pytest.fixture
+def settings(tmp_path: Any, request: pytest.FixtureRequest) -> Settings:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "spool_dir": spool,
+        "max_upload_bytes": TEST_LIMIT,
+    }
+    marker = request.node.get_closest_marker("settings")
+    if marker is not None:
+        values.update(marker.kwargs)
+    return dataclasses.replace(Settings(), **values)
+
+
+@pytest.fixture
+def services(settings: Settings, io_loop: ioloop.IOLoop) -> Iterator[Services]:
+    secrets = prepare_data(settings)
+    services = open_services(settings, *secrets)
+    yield services
+    io_loop.run_sync(lambda: close_services(services))
+
+
+@pytest.fixture
+def app(services: Services) -> web.Application:
+    return make_app(services)
+
+
+def multipart(
+    fields: list[tuple[str, str | None, bytes]], boundary: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body of (name, filename, content) parts, and its headers."""
+    boundary = boundary or uuid.uuid4().hex
+    body = io.BytesIO()
+    for name, filename, content in fields:
+        body.write(f"--{boundary}\r\n".encode())
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body.write(f"Content-Disposition: {disposition}\r\n".encode())
+        body.write(b"Content-Type: application/octet-stream\r\n\r\n")
+        body.write(content)
+        body.write(b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode())
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return body.getvalue(), headers
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Test content with a fixed text prefix, so libmagic types it predictably."""
+    prefix = b"imgyx test payload\n"
+    filler = bytes((index * 31 + seed * 7) % 251 for index in range(4096))
+    body = (prefix + filler * (size // len(filler) + 1))[:size]
+    return body
