@@ -89,6 +89,10 @@ class BaseHandler(web.RequestHandler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.clear_header("Server")
 
+    def compute_etag(self) -> None:
+        # Tornado would hash the buffered body; streamed files set their own ETag.
+        return None
+
     def options(self, *args: str) -> None:
         self.set_header(
             "Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from urllib.parse import quote
 
 from handlers.base import BaseHandler, not_found
@@ -78,13 +80,18 @@ class RawFileHandler(BaseHandler):
         await self._stream(file)
 
     async def _stream(self, file: FileView) -> None:
-        chunks = self.services.store.read(file.sealed, 0, file.size - 1)
-        # The first segment is read and authenticated before any header goes out, so a
-        # missing or corrupt object answers with an error status, not a short 200.
-        first = await anext(chunks)
-        self.services.views.add(file.id)
-        self._send(first)
-        await self.flush()
+        async with aclosing(
+            self.services.store.read(file.sealed, 0, file.size - 1)
+        ) as chunks:
+            # The first segment is read and authenticated before any header goes out,
+            # so a missing or corrupt object answers an error status, not a short 200.
+            first = await anext(chunks)
+            self.services.views.add(file.id)
+            self._send(first)
+            await self.flush()
+            await self._stream_rest(file, chunks)
+
+    async def _stream_rest(self, file: FileView, chunks: AsyncIterator[bytes]) -> None:
         try:
             async for chunk in chunks:
                 self._send(chunk)

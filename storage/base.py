@@ -6,7 +6,7 @@ import abc
 import datetime
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,7 +69,9 @@ class Store(abc.ABC):
     async def put(self, key: str, source: Readable, length: int) -> None: ...
 
     @abc.abstractmethod
-    def get(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]: ...
+    def get(
+        self, key: str, offset: int, length: int
+    ) -> AsyncGenerator[bytes, None]: ...
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None: ...

@@ -18,7 +18,7 @@ is per object, splicing segments between objects fails too.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -150,12 +150,12 @@ def _segment_plain_size(plaintext_size: int, index: int) -> int:
 
 
 async def decrypt_range(
-    sealed_chunks: AsyncIterator[bytes],
+    sealed_chunks: AsyncGenerator[bytes, None],
     data_key: bytes,
     plaintext_size: int,
     start: int,
     end: int,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield plaintext bytes start..end (inclusive), one authenticated segment at a time.
 
     `sealed_chunks` must yield exactly the bytes described by `locate(...)`. Nothing is
@@ -168,23 +168,29 @@ async def decrypt_range(
     buffer = bytearray()
     index = where.first_segment
     need_header = where.offset == 0
-    async for chunk in sealed_chunks:
-        buffer += chunk
-        if need_header:
-            if len(buffer) < HEADER_SIZE:
-                continue
-            if bytes(buffer[:HEADER_SIZE]) != HEADER:
-                raise IntegrityError("unknown object header")
-            del buffer[:HEADER_SIZE]
-            need_header = False
-        while index <= where.last_segment:
-            size = _segment_plain_size(plaintext_size, index) + TAG_SIZE
-            if len(buffer) < size:
-                break
-            plaintext = cipher.open(index, index == segments - 1, bytes(buffer[:size]))
-            del buffer[:size]
-            yield _trim(plaintext, index, start, end)
-            index += 1
+    try:
+        async for chunk in sealed_chunks:
+            buffer += chunk
+            if need_header:
+                if len(buffer) < HEADER_SIZE:
+                    continue
+                if bytes(buffer[:HEADER_SIZE]) != HEADER:
+                    raise IntegrityError("unknown object header")
+                del buffer[:HEADER_SIZE]
+                need_header = False
+            while index <= where.last_segment:
+                size = _segment_plain_size(plaintext_size, index) + TAG_SIZE
+                if len(buffer) < size:
+                    break
+                plaintext = cipher.open(
+                    index, index == segments - 1, bytes(buffer[:size])
+                )
+                del buffer[:size]
+                yield _trim(plaintext, index, start, end)
+                index += 1
+    finally:
+        # Stop the store's read (and close its file or connection) on every path.
+        await sealed_chunks.aclose()
     if index <= where.last_segment or need_header:
         raise IntegrityError("object is shorter than its record says")
 

@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -76,7 +76,9 @@ class LocalStore(Store):
             raise
         _fsync_folder(path.parent)
 
-    async def get(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+    async def get(
+        self, key: str, offset: int, length: int
+    ) -> AsyncGenerator[bytes, None]:
         handle = await self._run(_open_for_reading, self._path(key))
         try:
             await self._run(handle.seek, offset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,9 @@ class SealedStore:
     def data_key(self, sealed: SealedObject) -> bytes:
         return self.master.unwrap(sealed.wrapped_key, sealed.key.encode())
 
-    def read(self, sealed: SealedObject, start: int, end: int) -> AsyncIterator[bytes]:
+    def read(
+        self, sealed: SealedObject, start: int, end: int
+    ) -> AsyncGenerator[bytes, None]:
         """Plaintext bytes start..end inclusive, authenticated segment by segment.
 
         Raises ObjectNotFound/StoreError from the store and IntegrityError when the
