@@ -41,7 +41,9 @@ async def test_info_returns_exactly_the_reference_fields(http_client, base_url):
 
 @pytest.mark.parametrize("query", ["", "?id=", "?id=nope", "?id=zzzzz", "?id=../../x"])
 @pytest.mark.gen_test
-async def test_info_for_unknown_or_impossible_ids_returns_404(http_client, base_url, query):
+async def test_info_for_unknown_or_impossible_ids_returns_404(
+    http_client, base_url, query
+):
     code, body = await get_json(http_client, base_url, "/api/info" + query)
     assert code == 404
     assert body["code"] == "NOT_FOUND"

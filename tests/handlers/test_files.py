@@ -25,7 +25,11 @@ async def fetch(http_client, base_url, path: str, method: str = "GET"):
 
 
 def object_paths(services) -> list[Path]:
-    return [path for path in (services.settings.data_dir / "objects").rglob("*") if path.is_file()]
+    return [
+        path
+        for path in (services.settings.data_dir / "objects").rglob("*")
+        if path.is_file()
+    ]
 
 
 @pytest.mark.parametrize("size", [1, 65535, 65536, 65537, 150_000])
@@ -91,7 +95,9 @@ async def test_active_content_is_never_served_as_itself(http_client, base_url, c
 
 
 @pytest.mark.gen_test
-async def test_head_sends_headers_without_body_and_counts_no_view(http_client, base_url):
+async def test_head_sends_headers_without_body_and_counts_no_view(
+    http_client, base_url
+):
     content = payload(1000, seed=5)
     file = await stored(http_client, base_url, content)
     response = await fetch(http_client, base_url, file["url"], method="HEAD")
@@ -111,7 +117,9 @@ async def test_unknown_id_returns_404_not_found(http_client, base_url, path):
 
 
 @pytest.mark.gen_test
-async def test_tampered_object_never_reaches_the_client(http_client, base_url, services):
+async def test_tampered_object_never_reaches_the_client(
+    http_client, base_url, services
+):
     content = payload(200_000, seed=6)
     file = await stored(http_client, base_url, content)
     (path,) = object_paths(services)
@@ -136,7 +144,9 @@ async def test_corruption_after_the_first_segment_cuts_the_connection(
     received = bytearray()
     # The client never gets a complete 200: the transfer is cut short.
     with pytest.raises(HTTPStreamClosedError):
-        await http_client.fetch(base_url + file["url"], streaming_callback=received.extend)
+        await http_client.fetch(
+            base_url + file["url"], streaming_callback=received.extend
+        )
     assert 0 < len(received) < len(content)
     assert bytes(received) == content[: len(received)]
 

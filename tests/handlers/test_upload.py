@@ -19,7 +19,10 @@ async def upload(
 ) -> httpclient.HTTPResponse:
     body, headers = multipart([("file", name, content)])
     return await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=body, headers=headers,
+        base_url + "/api/upload",
+        method="POST",
+        body=body,
+        headers=headers,
         raise_error=False,
     )
 
@@ -187,7 +190,9 @@ async def test_default_limit_accepts_20_mib_and_refuses_one_byte_more(
         pytest.param([("other", None, b"x")], "NO_FILE", id="no file part"),
         pytest.param([("file", "empty.txt", b"")], "NO_FILE", id="empty file"),
         pytest.param(
-            [("file", "a", b"one"), ("file", "b", b"two")], "INVALID_BODY", id="two files"
+            [("file", "a", b"one"), ("file", "b", b"two")],
+            "INVALID_BODY",
+            id="two files",
         ),
     ],
 )
@@ -197,7 +202,10 @@ async def test_multipart_without_one_usable_file_is_refused(
 ):
     body, headers = multipart(fields)
     response = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=body, headers=headers,
+        base_url + "/api/upload",
+        method="POST",
+        body=body,
+        headers=headers,
         raise_error=False,
     )
     assert response.code == 400
@@ -207,11 +215,17 @@ async def test_multipart_without_one_usable_file_is_refused(
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [
-        pytest.param(b"this is not multipart at all" * 10, "multipart/form-data; boundary=zz",
-                     id="garbage"),
-        pytest.param(b"--zz\r\nContent-Disposition: form-data; name=\"file\"; "
-                     b"filename=\"a\"\r\n\r\nhalf a file", "multipart/form-data; boundary=zz",
-                     id="truncated"),
+        pytest.param(
+            b"this is not multipart at all" * 10,
+            "multipart/form-data; boundary=zz",
+            id="garbage",
+        ),
+        pytest.param(
+            b'--zz\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="a"\r\n\r\nhalf a file',
+            "multipart/form-data; boundary=zz",
+            id="truncated",
+        ),
         pytest.param(b"x", "multipart/form-data", id="no boundary"),
         pytest.param(b"{not json", "application/json", id="bad json"),
         pytest.param(b"\xff\xfe", "application/json", id="not utf-8"),
@@ -222,8 +236,11 @@ async def test_malformed_body_returns_invalid_body(
     http_client, base_url, services, body, content_type
 ):
     response = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=body,
-        headers={"Content-Type": content_type}, raise_error=False,
+        base_url + "/api/upload",
+        method="POST",
+        body=body,
+        headers={"Content-Type": content_type},
+        raise_error=False,
     )
     assert response.code == 400
     assert error_of(response) == "INVALID_BODY"
@@ -232,13 +249,23 @@ async def test_malformed_body_returns_invalid_body(
 
 @pytest.mark.parametrize(
     "document",
-    [b"{}", b'{"url": 5}', b'{"url": ""}', b"[]", b'"http://x"', b'{"URL": "http://x"}'],
+    [
+        b"{}",
+        b'{"url": 5}',
+        b'{"url": ""}',
+        b"[]",
+        b'"http://x"',
+        b'{"URL": "http://x"}',
+    ],
 )
 @pytest.mark.gen_test
 async def test_json_without_url_string_returns_no_url(http_client, base_url, document):
     response = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=document,
-        headers={"Content-Type": "application/json"}, raise_error=False,
+        base_url + "/api/upload",
+        method="POST",
+        body=document,
+        headers={"Content-Type": "application/json"},
+        raise_error=False,
     )
     assert response.code == 400
     assert error_of(response) == "NO_URL"
@@ -247,21 +274,28 @@ async def test_json_without_url_string_returns_no_url(http_client, base_url, doc
 @pytest.mark.gen_test
 async def test_json_with_url_is_not_implemented_yet(http_client, base_url):
     response = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=b'{"url": "https://example.com/a"}',
-        headers={"Content-Type": "application/json; charset=utf-8"}, raise_error=False,
+        base_url + "/api/upload",
+        method="POST",
+        body=b'{"url": "https://example.com/a"}',
+        headers={"Content-Type": "application/json; charset=utf-8"},
+        raise_error=False,
     )
     assert response.code == 501
     assert error_of(response) == "NOT_IMPLEMENTED"
 
 
 @pytest.mark.parametrize(
-    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "image/png"]
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "image/png"],
 )
 @pytest.mark.gen_test
 async def test_other_body_types_return_415(http_client, base_url, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
     response = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=b"abc", headers=headers,
+        base_url + "/api/upload",
+        method="POST",
+        body=b"abc",
+        headers=headers,
         raise_error=False,
     )
     assert response.code == 415
@@ -293,7 +327,9 @@ async def test_uploads_over_the_rate_limit_return_429(http_client, base_url):
     assert error_of(refused) == "RATE_LIMITED"
     assert 0 < int(refused.headers["Retry-After"]) <= 3600
     assert refused.headers["X-RateLimit-Remaining"] == "0"
-    assert int(refused.headers["X-RateLimit-Reset"]) == int(refused.headers["Retry-After"])
+    assert int(refused.headers["X-RateLimit-Reset"]) == int(
+        refused.headers["Retry-After"]
+    )
 
 
 @pytest.mark.settings(rate_limit_per_hour=1, trusted_proxies=())
@@ -301,13 +337,19 @@ async def test_uploads_over_the_rate_limit_return_429(http_client, base_url):
 async def test_forwarded_for_is_ignored_without_trusted_proxies(http_client, base_url):
     body, headers = multipart([("file", "a", payload(100, seed=40))])
     first = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=body,
-        headers={**headers, "X-Forwarded-For": "203.0.113.1"}, raise_error=False,
+        base_url + "/api/upload",
+        method="POST",
+        body=body,
+        headers={**headers, "X-Forwarded-For": "203.0.113.1"},
+        raise_error=False,
     )
     body, headers = multipart([("file", "a", payload(100, seed=41))])
     second = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=body,
-        headers={**headers, "X-Forwarded-For": "203.0.113.2"}, raise_error=False,
+        base_url + "/api/upload",
+        method="POST",
+        body=body,
+        headers={**headers, "X-Forwarded-For": "203.0.113.2"},
+        raise_error=False,
     )
     assert (first.code, second.code) == (201, 429)
 

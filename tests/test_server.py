@@ -1,0 +1,205 @@
+"""The server as a stranger runs it: a real process, restarted on the same data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import multipart, payload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """`python server.py` on a free port, its log captured."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.log_path = data_dir.parent / f"server-{time.monotonic_ns()}.log"
+        self.log = self.log_path.open("w")
+        environment = {
+            **os.environ,
+            "IMGYX_DATA_DIR": str(data_dir),
+            "IMGYX_PORT": "0",
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "server.py"],
+            cwd=ROOT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.base = self._wait_for_address()
+
+    def _wait_for_address(self) -> str:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            match = re.search(
+                r"listening on (http://[\d.]+:\d+)", self.log_path.read_text()
+            )
+            if match:
+                return match.group(1)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def request(self, path: str, body: bytes | None = None, headers=None):
+        request = urllib.request.Request(
+            self.base + path, data=body, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read()
+
+    def upload(self, content: bytes, name: str) -> dict:
+        body, headers = multipart([("file", name, content)])
+        status, answer = self.request("/api/upload", body, headers)
+        assert status in (200, 201), answer
+        return json.loads(answer)
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=15) == 0
+        self.log.close()
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+
+
+def run_server(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "server.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+
+
+def test_help_lists_every_option():
+    result = run_server("--help")
+    assert result.returncode == 0
+    for option in (
+        "--host",
+        "--port",
+        "--data-dir",
+        "--master-key",
+        "--max-upload-bytes",
+        "--rate-limit-per-hour",
+        "--trusted-proxies",
+        "--public-url",
+    ):
+        assert option in result.stdout
+    assert "IMGYX_DATABASE_URL" in result.stdout
+
+
+def test_a_bad_setting_stops_the_server_with_one_line(tmp_path):
+    result = run_server(IMGYX_PORT="http", IMGYX_DATA_DIR=str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "imgyx: IMGYX_PORT: expected a whole number, got 'http'"
+    ]
+
+
+def test_restart_keeps_every_file_name_count_and_view(data_dir):
+    first = Server(data_dir)
+    content = payload(150_000, seed=1)
+    stored = first.upload(content, "holiday.bin")
+    first.upload(payload(999, seed=2), "other.bin")
+    for _ in range(3):
+        assert first.request(stored["url"])[0] == 200
+    first.stop()
+
+    second = Server(data_dir)
+    try:
+        status, body = second.request(stored["url"])
+        assert (status, body) == (200, content)
+        info = json.loads(second.request(f"/api/info?id={stored['id']}")[1])
+        assert (info["file_name"], info["views"]) == ("holiday.bin", 4)
+        stats = json.loads(second.request("/api/stats")[1])
+        assert stats == {
+            "total_files": 2,
+            "total_views": 4,
+            "total_storage_bytes": 150_999,
+        }
+    finally:
+        second.stop()
+
+
+def test_master_key_file_is_private_and_reused(data_dir):
+    Server(data_dir).stop()
+    key_file = data_dir / "master.key"
+    key = key_file.read_bytes()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    Server(data_dir).stop()
+    assert key_file.read_bytes() == key
+
+
+def test_another_master_key_is_refused_on_existing_data(data_dir):
+    Server(data_dir).stop()
+    other = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
+    result = run_server(IMGYX_DATA_DIR=str(data_dir), IMGYX_MASTER_KEY=other)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("imgyx: IMGYX_MASTER_KEY: ")
+
+
+def test_data_folder_holds_no_plaintext_name_or_type(data_dir):
+    server = Server(data_dir)
+    marker = b"PLAINTEXT-MARKER-0123456789-" * 20
+    png = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + marker * 20
+    server.upload(png, "very-secret-name.png")
+    text = server.upload(marker * 50 + b"\n", "another-secret-name.txt")
+    server.request(text["url"])
+    server.stop()
+    everything = b"".join(
+        path.read_bytes() for path in data_dir.rglob("*") if path.is_file()
+    )
+    assert len(everything) > 10_000
+    for secret in (
+        marker[:28],
+        b"very-secret-name",
+        b"another-secret-name",
+        b"image/png",
+        b"text/plain",
+    ):
+        assert secret not in everything
+
+
+def test_logs_carry_no_client_address(data_dir):
+    server = Server(data_dir)
+    stored = server.upload(payload(100, seed=3), "a.bin")
+    server.request(stored["url"], headers={"X-Forwarded-For": "203.0.113.77"})
+    host, port = server.base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"GARBAGE\r\n\r\n")
+        connection.recv(1024)
+    log = server.stop()
+    access = [line for line in log.splitlines() if "imgyx.access" in line]
+    assert len(access) >= 2
+    assert "POST /api/upload 201" in log
+    for line in log.splitlines():
+        if "listening on" in line:
+            continue
+        assert "127.0.0.1" not in line, line
+        assert "203.0.113.77" not in line, line
