@@ -46,8 +46,8 @@ async def raw_exchange(base_url: str, head: bytes, body_chunks: list[bytes]) -> 
         pass
     try:
         return await asyncio.wait_for(stream.read_until_close(), timeout=4)
-    except iostream.StreamClosedError as error:
-        return error.real_error and b"" or b""
+    except iostream.StreamClosedError:
+        return b""
     finally:
         stream.close()
 
