@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 
-from tornado import httpserver, ioloop, netutil, process
+from tornado import httpserver, ioloop, netutil
 
 import config
 from config import Settings, SettingsError
@@ -176,11 +178,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sockets = netutil.bind_sockets(settings.port, settings.host)
     port = sockets[0].getsockname()[1]
-    if settings.processes != 1:
-        process.fork_processes(settings.processes or None)
     logger.info("imgyx listening on http://%s:%d", settings.host, port)
+    workers = settings.processes or os.cpu_count() or 1
+    if workers > 1 and not fork_workers(workers):
+        return supervise()
     asyncio.run(serve(settings, sockets, secrets))
     return 0
+
+
+_children: set[int] = set()
+
+
+def fork_workers(count: int) -> bool:
+    """Fork `count` workers sharing the listening sockets; True in a worker."""
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            _children.clear()
+            return True
+        _children.add(pid)
+    return False
+
+
+def supervise() -> int:
+    """In the parent: pass SIGTERM/SIGINT on to the workers and wait for them all.
+
+    A worker that dies on its own (not asked to stop) is logged; the others go on.
+    """
+    stopping = False
+
+    def forward(signal_number: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in _children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while _children:
+        pid, wait_status = os.wait()
+        _children.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0:
+            status = 1
+            if not stopping:
+                logger.error("worker %d exited with %d", pid, code)
+    return status
 
 
 if __name__ == "__main__":

@@ -203,3 +203,24 @@ def test_logs_carry_no_client_address(data_dir):
             continue
         assert "127.0.0.1" not in line, line
         assert "203.0.113.77" not in line, line
+
+
+def test_worker_processes_serve_as_one_and_stop_together(data_dir):
+    server = Server(data_dir, IMGYX_PROCESSES="2")
+    workers = subprocess.run(
+        ["ps", "--ppid", str(server.process.pid), "-o", "pid="],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert len(workers) == 2
+    stored = [
+        server.upload(payload(500, seed=10 + index), "w.bin") for index in range(6)
+    ]
+    for file in stored:
+        assert server.request(f"/api/info?id={file['id']}")[0] == 200
+    stats = json.loads(server.request("/api/stats")[1])
+    assert stats["total_files"] == 6
+    server.stop()
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists()

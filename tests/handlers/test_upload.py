@@ -370,3 +370,30 @@ async def test_unexpected_failure_returns_upload_failed_and_stores_nothing(
     assert b"fire" not in response.body and b"Traceback" not in response.body
     assert [info async for info in services.store.store.list()] == []
     assert spool_files(services) == []
+
+
+@pytest.mark.gen_test
+async def test_client_gone_mid_upload_leaves_no_spool_and_no_record(
+    http_server, http_client, base_url, services
+):
+    host, port = base_url.split("//")[1].split(":")
+    stream = await tcpclient.TCPClient().connect(host, int(port))
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n'
+    await stream.write(
+        b"POST /api/upload HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 150000\r\n\r\n" + part + payload(50_000, seed=60)
+    )
+    for _ in range(50):
+        if spool_files(services):
+            break
+        await asyncio.sleep(0.01)
+    assert len(spool_files(services)) == 1
+    stream.close()
+    for _ in range(100):
+        if not spool_files(services):
+            break
+        await asyncio.sleep(0.01)
+    assert spool_files(services) == []
+    stats = await http_client.fetch(base_url + "/api/stats")
+    assert json.loads(stats.body)["total_files"] == 0
