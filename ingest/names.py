@@ -25,7 +25,7 @@ def sanitise(raw: str | bytes | None) -> str:
     name = unicodedata.normalize("NFC", raw)
     name = re.split(r"[/\\]", name)[-1]
     name = "".join(char for char in name if _allowed(char))
-    name = _SPACES.sub(" ", name).strip().lstrip(".").strip()
+    name = _SPACES.sub(" ", name).lstrip(". ").rstrip()
     if not name:
         return DEFAULT_NAME
     return _truncate(name)
