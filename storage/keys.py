@@ -48,15 +48,23 @@ def load_or_create_master_key(configured: bytes | None, data_dir: Path) -> bytes
     if configured is not None:
         return configured
     path = data_dir / KEY_FILE_NAME
+    if path.exists():
+        return _read_key_file(path)
+    # Written whole under a private name, then linked into place: link() fails if
+    # another process got there first, and nobody ever reads a half-written key.
+    key = os.urandom(32)
+    temp = data_dir / f".{KEY_FILE_NAME}.{os.getpid()}.{os.urandom(4).hex()}"
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(key.hex().encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temp, path)
     except FileExistsError:
         return _read_key_file(path)
-    key = os.urandom(32)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.hex().encode() + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    finally:
+        temp.unlink(missing_ok=True)
     logger.info("created a new master key file in the data folder")
     return key
 

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import logging
 import os
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,7 +59,8 @@ class LocalStore(Store):
 
     def _write(self, path: Path, source: Readable, length: int) -> None:
         path.parent.mkdir(exist_ok=True, mode=0o700)
-        temp = path.with_name(path.name + TEMP_SUFFIX)
+        # A private temporary name: two puts of one key never write the same file.
+        temp = path.with_name(f"{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
         try:
             with open(temp, "wb") as handle:
                 remaining = length
