@@ -138,16 +138,21 @@ async def housekeeping(services: Services) -> None:
         logger.exception("could not purge expired rate-limit windows")
 
 
+def make_http_server(services: Services) -> httpserver.HTTPServer:
+    """The HTTP server with our limits; the tests serve through it too."""
+    return httpserver.HTTPServer(
+        make_app(services),
+        max_body_size=SMALL_BODY_LIMIT,
+        idle_connection_timeout=services.settings.idle_timeout,
+        body_timeout=services.settings.body_timeout,
+    )
+
+
 async def serve(
     settings: Settings, sockets: list[socket.socket], secrets: tuple[MasterKey, bytes]
 ) -> None:
     services = open_services(settings, *secrets)
-    server = httpserver.HTTPServer(
-        make_app(services),
-        max_body_size=SMALL_BODY_LIMIT,
-        idle_connection_timeout=60,
-        body_timeout=300,
-    )
+    server = make_http_server(services)
     server.add_sockets(sockets)
     ticker = ioloop.PeriodicCallback(
         lambda: housekeeping(services), FLUSH_SECONDS * 1000

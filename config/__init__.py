@@ -192,6 +192,26 @@ class Settings:
         "Public base URL, e.g. https://files.example; used for absolute links.",
         parse_public_url,
     )
+    content_url: str = setting(
+        "",
+        "Separate origin for raw files, e.g. https://usercontent.example. When set, "
+        "raw links point there and raw requests to the main origin redirect there.",
+        parse_public_url,
+    )
+    cache_max_age: int = setting(
+        31536000,
+        "Seconds browsers and CDNs may cache a raw file (content at an ID never "
+        "changes).",
+        parse_non_negative_int,
+    )
+    idle_timeout: int = setting(
+        60,
+        "Seconds a connection may sit idle, or take to send its request headers.",
+        parse_positive_int,
+    )
+    body_timeout: int = setting(
+        300, "Seconds a client may take to send a request body.", parse_positive_int
+    )
     log_level: str = setting("INFO", "debug, info, warning or error.", parse_log_level)
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from handlers.base import BaseHandler, not_found
+from handlers.base import BaseHandler, not_found, raw_url
 from models import files as catalog
 from models.records import open_record
 
@@ -29,7 +29,7 @@ class InfoHandler(BaseHandler):
                 "mimetype": file.mimetype,
                 "views": file.views + self.services.views.pending(file.id),
                 "created_at": file.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "url": f"/{file.id}",
+                "url": raw_url(self.services.settings, file.id),
                 "preview_url": f"/p/{file.id}",
             }
         )

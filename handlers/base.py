@@ -68,6 +68,11 @@ class ApiError(web.HTTPError):
         self.headers = headers or {}
 
 
+def raw_url(settings: Settings, file_id: str) -> str:
+    """The link to a raw file: on the content origin when one is set, else relative."""
+    return f"{settings.content_url}/{file_id}"
+
+
 def not_found() -> ApiError:
     return ApiError(404, "NOT_FOUND", "No file with that ID.")
 

@@ -1,14 +1,18 @@
-"""GET and HEAD /ID: the raw file, decrypted and streamed with flow control."""
+"""GET and HEAD /ID: the raw file, decrypted and streamed with flow control, with
+Range, conditional requests and caching as a static file server does them."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
-from handlers.base import BaseHandler, not_found
+from handlers import conditional
+from handlers.base import ApiError, BaseHandler, not_found
+from handlers.content import SANDBOX_POLICY, content_disposition, delivery
 from models import files as catalog
 from models.records import FileView, open_record
 from storage import IntegrityError, StoreError
@@ -18,40 +22,9 @@ logger = logging.getLogger(__name__)
 ID_PATTERN = r"[A-Za-z0-9]{5,16}"
 RAW_ROUTE = rf"/({ID_PATTERN})(?:\.[A-Za-z0-9]{{1,12}})?"
 
-# Types a browser may render in our origin when asked to show a file inline.
-INLINE_BY_DEFAULT = re.compile(
-    r"\A(image/(png|jpeg|gif|webp|bmp|avif|x-icon|vnd\.microsoft\.icon|tiff)"
-    r"|application/pdf)\Z"
-)
-# Types that run code or markup when rendered: never served as themselves.
-ACTIVE = re.compile(
-    r"\A(text/html|application/xhtml\+xml|image/svg\+xml|text/xml|application/xml"
-    r"|.*\+xml|.*javascript|.*ecmascript|text/css|application/x-shockwave-flash"
-    r"|text/x-.*script|application/wasm|text/vtt)\Z"
-)
-SANDBOX_POLICY = (
-    "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'; "
-    "style-src 'unsafe-inline'; object-src 'self'; frame-ancestors *"
-)
 
-
-def content_disposition(inline: bool, name: str) -> str:
-    """RFC 6266 with an ASCII fallback and an RFC 5987 UTF-8 name."""
-    kind = "inline" if inline else "attachment"
-    fallback = "".join(
-        char if 32 <= ord(char) < 127 and char not in '"\\' else "_" for char in name
-    )
-    encoded = quote(name, safe="!#$&+-.^_`|~")
-    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
-
-
-def served_type(mimetype: str, inline: bool) -> str:
-    """The Content-Type we send: active types only ever as plain text or bytes."""
-    if ACTIVE.match(mimetype):
-        return "text/plain; charset=utf-8" if inline else "application/octet-stream"
-    if mimetype.startswith("text/"):
-        return f"{mimetype}; charset=utf-8"
-    return mimetype
+def http_date(moment: datetime.datetime) -> str:
+    return email.utils.format_datetime(moment.astimezone(datetime.UTC), usegmt=True)
 
 
 class RawFileHandler(BaseHandler):
@@ -62,31 +35,85 @@ class RawFileHandler(BaseHandler):
         await self._serve(file_id, body=True)
 
     async def _serve(self, file_id: str, body: bool) -> None:
+        if self._redirect_to_content_origin():
+            return
         record = await self.services.database.run(catalog.find, file_id)
         if record is None:
             raise not_found()
         file = open_record(record, self.services.store)
-        inline = "inline" in self.request.arguments or bool(
-            INLINE_BY_DEFAULT.match(file.mimetype)
+        etag = self.services.keys.etag(file.fingerprint)
+        self._set_file_headers(file, etag)
+
+        headers = self.request.headers
+        if conditional.none_match(headers.get("If-None-Match"), etag) or (
+            "If-None-Match" not in headers
+            and conditional.not_modified_since(
+                headers.get("If-Modified-Since"), file.created_at
+            )
+        ):
+            self.set_status(304)
+            return
+
+        wanted = self._requested_range(file, etag)
+        if wanted is None:
+            wanted = conditional.ByteRange(0, file.size - 1)
+        else:
+            self.set_status(206)
+            self.set_header(
+                "Content-Range", f"bytes {wanted.start}-{wanted.end}/{file.size}"
+            )
+        self.set_header("Content-Length", str(max(wanted.length, 0)))
+        if body and file.size > 0:
+            await self._stream(file, wanted)
+
+    def _redirect_to_content_origin(self) -> bool:
+        """With IMGYX_CONTENT_URL set, raw files are only served on that origin."""
+        content_url = self.services.settings.content_url
+        if not content_url or self.request.host == urlsplit(content_url).netloc:
+            return False
+        self.redirect(content_url + (self.request.uri or "/"), permanent=False)
+        return True
+
+    def _set_file_headers(self, file: FileView, etag: str) -> None:
+        how = delivery(file.mimetype, "inline" in self.request.arguments)
+        max_age = self.services.settings.cache_max_age
+        self.set_header("Content-Type", how.content_type)
+        self.set_header(
+            "Content-Disposition", content_disposition(how.inline, file.name)
         )
-        self.set_header("Content-Type", served_type(file.mimetype, inline))
-        self.set_header("Content-Length", str(file.size))
-        self.set_header("Content-Disposition", content_disposition(inline, file.name))
         self.set_header("Content-Security-Policy", SANDBOX_POLICY)
         self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
-        self.set_header("Cache-Control", "public, max-age=31536000, immutable")
-        if not body or file.size == 0:
-            return
-        await self._stream(file)
+        self.set_header("Cache-Control", f"public, max-age={max_age}, immutable")
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("ETag", etag)
+        self.set_header("Last-Modified", http_date(file.created_at))
 
-    async def _stream(self, file: FileView) -> None:
-        async with aclosing(
-            self.services.store.read(file.sealed, 0, file.size - 1)
-        ) as chunks:
+    def _requested_range(
+        self, file: FileView, etag: str
+    ) -> conditional.ByteRange | None:
+        headers = self.request.headers
+        if not conditional.range_still_valid(
+            headers.get("If-Range"), etag, file.created_at
+        ):
+            return None
+        try:
+            return conditional.parse_range(headers.get("Range"), file.size)
+        except conditional.Unsatisfiable:
+            raise ApiError(
+                416,
+                "RANGE_NOT_SATISFIABLE",
+                f"The file has {file.size} bytes.",
+                {"Content-Range": f"bytes */{file.size}"},
+            ) from None
+
+    async def _stream(self, file: FileView, wanted: conditional.ByteRange) -> None:
+        reader = self.services.store.read(file.sealed, wanted.start, wanted.end)
+        async with aclosing(reader) as chunks:
             # The first segment is read and authenticated before any header goes out,
             # so a missing or corrupt object answers an error status, not a short 200.
             first = await anext(chunks)
-            self.services.views.add(file.id)
+            if wanted.start == 0:
+                self.services.views.add(file.id)
             self._send(first)
             await self.flush()
             await self._stream_rest(file, chunks)

@@ -9,7 +9,8 @@ from typing import Any, cast
 from tornado import web
 from tornado.http1connection import HTTP1Connection
 
-from handlers.base import ApiError, BaseHandler
+from config import Settings
+from handlers.base import ApiError, BaseHandler, raw_url
 from handlers.clients import client_address, client_key
 from ingest.multipart import MalformedMultipart, MultipartReader
 from ingest.names import sanitise
@@ -33,10 +34,10 @@ def body_kind(content_type: str | None) -> str | None:
     return None
 
 
-def upload_body(file: FileView, created: bool) -> dict[str, Any]:
+def upload_body(file: FileView, created: bool, settings: Settings) -> dict[str, Any]:
     return {
         "id": file.id,
-        "url": f"/{file.id}",
+        "url": raw_url(settings, file.id),
         "preview_url": f"/p/{file.id}",
         "file_name": file.name,
         "size": file.size,
@@ -177,7 +178,8 @@ class UploadHandler(BaseHandler):
         name = sanitise(self._reader.file_name)
         stored = await self.services.ingestor.store(target.spool, name)
         self.write_json(
-            201 if stored.created else 200, upload_body(stored.file, stored.created)
+            201 if stored.created else 200,
+            upload_body(stored.file, stored.created, self.services.settings),
         )
 
     def _post_json(self, body: bytes) -> None:

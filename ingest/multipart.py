@@ -62,6 +62,11 @@ class MultipartReader:
             self._parser.data_received(chunk)
         except ParseFailedException:
             raise MalformedMultipart("malformed multipart body") from None
+        except UnicodeDecodeError:
+            # The parser reads part headers as UTF-8, as browsers and curl send them.
+            raise MalformedMultipart(
+                "part headers (the file name) are not UTF-8"
+            ) from None
 
     @property
     def file_name(self) -> str | None:

@@ -19,6 +19,7 @@ class FileView:
     size: int
     views: int
     created_at: datetime.datetime
+    fingerprint: str
     sealed: SealedObject
 
 
@@ -49,5 +50,6 @@ def open_record(record: File, store: SealedStore) -> FileView:
         size=int(record.size),
         views=int(record.views),
         created_at=created,
+        fingerprint=str(record.fingerprint),
         sealed=sealed,
     )

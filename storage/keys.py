@@ -10,6 +10,7 @@ small blobs and leaves objects, fingerprints and ETags untouched.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -117,11 +118,16 @@ class DeploymentKeys:
     def __init__(self, deployment_secret: bytes) -> None:
         self._fingerprint = derive(deployment_secret, "imgyx/v1/fingerprint")
         self._client = derive(deployment_secret, "imgyx/v1/client")
-        self.etag = derive(deployment_secret, "imgyx/v1/etag")
+        self._etag = derive(deployment_secret, "imgyx/v1/etag")
 
     def fingerprinter(self) -> hmac.HMAC:
         """A fresh keyed hash to feed an upload's bytes into."""
         return hmac.new(self._fingerprint, digestmod=hashlib.sha256)
+
+    def etag(self, fingerprint: str) -> str:
+        """A strong ETag for content: stable for the same bytes, revealing nothing."""
+        digest = hmac.new(self._etag, fingerprint.encode(), hashlib.sha256).digest()
+        return '"' + base64.urlsafe_b64encode(digest[:15]).decode() + '"'
 
     def client_hash(self, client: str) -> str:
         """A keyed hash of a client address; the address itself is never kept."""

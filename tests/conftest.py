@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tornado import ioloop, web
+from tornado import httpserver, ioloop, web
 
 from config import Settings
 from handlers import Services, make_app
-from server import close_services, open_services, prepare_data
+from server import close_services, make_http_server, open_services, prepare_data
 
 TEST_LIMIT = 200_000
 
@@ -48,6 +48,18 @@ def services(settings: Settings, io_loop: ioloop.IOLoop) -> Iterator[Services]:
 @pytest.fixture
 def app(services: Services) -> web.Application:
     return make_app(services)
+
+
+@pytest.fixture
+def http_server(
+    services: Services, io_loop: ioloop.IOLoop, _unused_port: Any
+) -> Iterator[httpserver.HTTPServer]:
+    """The server as server.py builds it (our timeouts and body limits), not a bare one."""
+    server = make_http_server(services)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections)
 
 
 def multipart(

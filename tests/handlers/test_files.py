@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tornado.simple_httpclient import HTTPStreamClosedError
 
-from handlers.files import content_disposition
+from handlers.content import content_disposition
 from tests.conftest import multipart, payload
 
 
@@ -68,14 +68,15 @@ async def test_raw_headers_are_safe_for_hotlinking(http_client, base_url):
 async def test_images_are_inline_and_other_types_attachments(http_client, base_url):
     png = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + payload(100, seed=3)
     image = await stored(http_client, base_url, png, "pic.png")
-    other = await stored(http_client, base_url, payload(100, seed=4), "x.bin")
+    text = await stored(http_client, base_url, b"just some words\n" * 20, "notes.txt")
     image_response = await fetch(http_client, base_url, image["url"])
-    other_response = await fetch(http_client, base_url, other["url"])
-    forced = await fetch(http_client, base_url, other["url"] + "?inline")
+    text_response = await fetch(http_client, base_url, text["url"])
+    forced = await fetch(http_client, base_url, text["url"] + "?inline")
     assert image_response.headers["Content-Type"] == "image/png"
     assert image_response.headers["Content-Disposition"].startswith("inline; ")
-    assert other_response.headers["Content-Disposition"].startswith("attachment; ")
+    assert text_response.headers["Content-Disposition"].startswith("attachment; ")
     assert forced.headers["Content-Disposition"].startswith("inline; ")
+    assert forced.headers["Content-Type"] == "text/plain; charset=utf-8"
 
 
 @pytest.mark.parametrize(
