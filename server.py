@@ -23,7 +23,7 @@ from models import Database, open_database, ratelimit
 from models import files as catalog
 from models.migrations import migrate
 from models.views import ViewCounter
-from storage import SealedStore, make_store
+from storage import SealedStore, StoreError, make_store
 from storage.keys import (
     DeploymentKeys,
     MasterKey,
@@ -34,6 +34,7 @@ from storage.keys import (
 logger = logging.getLogger("imgyx.server")
 
 FLUSH_SECONDS = 2.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Tornado's own body limit for routes that do not stream; the upload route raises it.
 SMALL_BODY_LIMIT = 64 * 1024
 
@@ -129,9 +130,21 @@ async def close_services(services: Services) -> None:
     services.database.close()
 
 
+async def prepare_store(services: Services) -> None:
+    """Create the bucket if needed. A store that is down now is not fatal: uploads
+    answer 502 until it is back, and the next housekeeping round tries again."""
+    try:
+        await services.store.store.prepare()
+        services.store_ready = True
+    except StoreError as error:
+        logger.error("object store not ready: %s", error)
+
+
 async def housekeeping(services: Services) -> None:
     """Every couple of seconds: write view counts, drop expired rate windows."""
     await services.views.flush()
+    if not services.store_ready:
+        await prepare_store(services)
     try:
         await services.database.run(ratelimit.purge)
     except Exception:
@@ -152,6 +165,7 @@ async def serve(
     settings: Settings, sockets: list[socket.socket], secrets: tuple[MasterKey, bytes]
 ) -> None:
     services = open_services(settings, *secrets)
+    await prepare_store(services)
     server = make_http_server(services)
     server.add_sockets(sockets)
     ticker = ioloop.PeriodicCallback(
@@ -161,8 +175,9 @@ async def serve(
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
+    for signal_number in STOP_SIGNALS:
         loop.add_signal_handler(signal_number, stopping.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     await stopping.wait()
 
     logger.info("stopping")
@@ -181,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings)
 
+    # A stop signal that arrives while we start is held until we can handle it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     sockets = netutil.bind_sockets(settings.port, settings.host)
     port = sockets[0].getsockname()[1]
     logger.info("imgyx listening on http://%s:%d", settings.host, port)
@@ -221,6 +238,7 @@ def supervise() -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     status = 0
     while _children:
         pid, wait_status = os.wait()

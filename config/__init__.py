@@ -106,7 +106,16 @@ def parse_public_url(raw: str) -> str:
     return value
 
 
-STORAGE_BACKENDS = ("local",)
+STORAGE_BACKENDS = ("local", "s3")
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
 
 
 def parse_choice(raw: str, choices: tuple[str, ...]) -> str:
@@ -162,9 +171,29 @@ class Settings:
     )
     storage: str = setting(
         "local",
-        "Object store backend: local (files under <data dir>/objects).",
+        "Object store backend: local (files under <data dir>/objects) or s3 (MinIO "
+        "or any S3 service, see the IMGYX_S3_* settings).",
         lambda raw: parse_choice(raw, STORAGE_BACKENDS),
     )
+    s3_endpoint: str = setting(
+        "", "S3 endpoint as host:port (with IMGYX_STORAGE=s3).", parse_str
+    )
+    s3_access_key: str = setting("", "S3 access key.", parse_str)
+    s3_secret_key: str = setting("", "S3 secret key.", parse_str)
+    s3_bucket: str = setting(
+        "imgyx", "S3 bucket for the objects; created when missing.", parse_str
+    )
+    s3_prefix: str = setting(
+        "",
+        "Prefix for object names, to share one bucket (e.g. 'imgyx/'); empty for none.",
+        parse_str,
+    )
+    s3_secure: bool = setting(
+        True,
+        "Talk TLS to the S3 endpoint (false only on a private network).",
+        parse_bool,
+    )
+    s3_region: str = setting("", "S3 region; empty lets the client ask.", parse_str)
     spool_dir: Path | None = setting(
         None,
         "Folder for uploads in progress; empty means the system temporary folder. "
@@ -238,7 +267,18 @@ class Settings:
                 values[item.name] = item.metadata["parse"](raw)
             except ValueError as error:
                 raise SettingsError(f"{env_name(item.name)}: {error}") from None
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Checks across settings; raises SettingsError naming the first one missing."""
+        if self.storage == "s3":
+            for name in ("s3_endpoint", "s3_access_key", "s3_secret_key", "s3_bucket"):
+                if not getattr(self, name):
+                    raise SettingsError(
+                        f"{env_name(name)}: required with IMGYX_STORAGE=s3"
+                    )
 
     @property
     def spool_folder(self) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from http import HTTPStatus, client
 from typing import Any
 
-from tornado import web
+from tornado import iostream, web
 
 from config import Settings
 from ingest import Ingestor
@@ -50,6 +50,7 @@ class Services:
     keys: DeploymentKeys
     ingestor: Ingestor
     views: ViewCounter
+    store_ready: bool = False
 
 
 class ApiError(web.HTTPError):
@@ -142,7 +143,7 @@ class BaseHandler(web.RequestHandler):
         self.write({"code": code, "error": message})
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ApiError):
+        if isinstance(value, ApiError | iostream.StreamClosedError):
             return
         if isinstance(value, StoreError):
             logger.error(

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from urllib.parse import urlsplit
 
+from tornado import iostream
+
 from handlers import conditional
 from handlers.base import ApiError, BaseHandler, not_found
 from handlers.content import SANDBOX_POLICY, content_disposition, delivery
@@ -123,6 +125,8 @@ class RawFileHandler(BaseHandler):
             async for chunk in chunks:
                 self._send(chunk)
                 await self.flush()
+        except iostream.StreamClosedError:
+            return  # the client went away: a cancelled download is not an error
         except (StoreError, IntegrityError) as error:
             # Headers are out: all we can do is cut the connection, so the client sees
             # a short body instead of unauthenticated bytes.

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import peewee
+from playhouse.shortcuts import ReconnectMixin
 
 from config import Settings
 
@@ -97,10 +99,13 @@ def open_database(settings: Settings) -> peewee.Database:
     """
     url = settings.database_url or ""
     parts = urlsplit(url)
+    database: peewee.Database
     if not url:
         database = _sqlite(settings.data_dir / "imgyx.db")
     elif parts.scheme == "sqlite":
         database = _sqlite(Path(unquote(parts.path)))
+    elif parts.scheme in ("postgres", "postgresql"):
+        database = _postgresql(url)
     else:
         raise ValueError(f"unsupported database URL scheme {parts.scheme!r}")
     database_proxy.initialize(database)
@@ -123,21 +128,67 @@ def _sqlite(path: Path) -> peewee.SqliteDatabase:
     )
 
 
+class ReconnectingPostgresql(ReconnectMixin, peewee.PostgresqlDatabase):  # type: ignore[misc]
+    """Reconnects when the server went away, so a restarted PostgreSQL needs no
+    restart of ours (a query inside a broken transaction still fails once)."""
+
+    reconnect_errors = (
+        (peewee.OperationalError, "server closed the connection"),
+        (peewee.OperationalError, "terminating connection"),
+        (peewee.OperationalError, "could not receive data"),
+        (peewee.OperationalError, "connection not open"),
+        (peewee.OperationalError, "ssl connection has been closed"),
+        (peewee.InterfaceError, "connection already closed"),
+    )
+
+
+def _postgresql(url: str) -> peewee.Database:
+    parts = urlsplit(url)
+    options: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": parts.port or 5432,
+        "user": unquote(parts.username or "") or None,
+        "password": unquote(parts.password or "") or None,
+        "connect_timeout": 5,
+    }
+    for name, values in parse_qs(parts.query).items():
+        options[name] = values[-1]
+    return ReconnectingPostgresql(parts.path.lstrip("/") or "imgyx", **options)
+
+
 class Database:
     """Runs blocking queries in a small thread pool, off the IO loop."""
 
     def __init__(self, database: peewee.Database, threads: int = 4) -> None:
         self.database = database
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="database")
+        self._connections: set[Any] = set()
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._call, function, args)
 
     def _call(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
-        self.database.connect(reuse_if_open=True)
-        return function(*args)
+        if self.database.connect(reuse_if_open=True):
+            self._connections.add(self.database.connection())  # type: ignore[no-untyped-call]
+        try:
+            return function(*args)
+        except (peewee.OperationalError, peewee.InterfaceError):
+            self._drop_if_broken()
+            raise
+
+    def _drop_if_broken(self) -> None:
+        """Forget this thread's connection if the server dropped it; the next call
+        connects afresh."""
+        connection = self.database.connection()  # type: ignore[no-untyped-call]
+        if getattr(connection, "closed", 0):
+            self.database.close()
 
     def close(self) -> None:
+        """Stop the threads and close every connection they opened."""
         self._pool.shutdown(wait=True)
+        for connection in self._connections:
+            with contextlib.suppress(Exception):
+                connection.close()
+        self._connections.clear()
         self.database.close()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import peewee
+
 from models import RateWindow
 
 WINDOW_MINUTES = 60
@@ -32,6 +34,10 @@ def take(client: str, limit: int, now: float | None = None) -> Verdict:
     minute = int(now // 60)
     database = RateWindow._meta.database
     with database.atomic():
+        if isinstance(database, peewee.PostgresqlDatabase):
+            # Serialise one client's checks across processes and machines.
+            lock = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+            database.execute_sql(lock, (client,))  # type: ignore[no-untyped-call]
         buckets = _buckets(client, minute)
         used = sum(uploads for _, uploads in buckets)
         allowed = used < limit

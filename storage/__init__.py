@@ -8,6 +8,7 @@ from config import Settings
 from storage.base import ObjectInfo, ObjectNotFound, Store, StoreError
 from storage.crypto import IntegrityError
 from storage.local import LocalStore
+from storage.s3 import S3Store
 from storage.sealed import SealedObject, SealedStore
 
 
@@ -15,8 +16,20 @@ def _local(settings: Settings) -> Store:
     return LocalStore(settings.data_dir / "objects")
 
 
+def _s3(settings: Settings) -> Store:
+    return S3Store(
+        settings.s3_endpoint,
+        settings.s3_access_key,
+        settings.s3_secret_key,
+        settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )
+
+
 # The backends by the value of IMGYX_STORAGE.
-BACKENDS: dict[str, Callable[[Settings], Store]] = {"local": _local}
+BACKENDS: dict[str, Callable[[Settings], Store]] = {"local": _local, "s3": _s3}
 
 
 def make_store(settings: Settings) -> Store:
@@ -29,6 +42,7 @@ __all__ = [
     "LocalStore",
     "ObjectInfo",
     "ObjectNotFound",
+    "S3Store",
     "SealedObject",
     "SealedStore",
     "Store",

@@ -82,5 +82,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list(self) -> AsyncIterator[ObjectInfo]: ...
 
+    async def prepare(self) -> None:
+        """Make the store ready (e.g. create its bucket); safe to call repeatedly."""
+
     async def close(self) -> None:
         """Release threads and connections. The store is unusable afterwards."""

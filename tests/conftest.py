@@ -14,6 +14,7 @@ from tornado import httpserver, ioloop, web
 from config import Settings
 from handlers import Services, make_app
 from server import close_services, make_http_server, open_services, prepare_data
+from tests.services import PostgresServer, S3Server, postgresql, seaweedfs
 
 TEST_LIMIT = 200_000
 
@@ -22,14 +23,65 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "settings(**values): override test settings")
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with seaweedfs() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server: S3Server) -> str:
+    """One bucket for the session (each new bucket costs SeaweedFS volumes); tests
+    keep apart by object name prefix."""
+    return "imgyx-tests"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with postgresql() as server:
+        server.execute("CREATE DATABASE imgyx")
+        yield server
+
+
+def fresh_postgres_url(server: PostgresServer) -> str:
+    """An empty schema in the test database, so each test starts from nothing."""
+    server.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public", "imgyx")
+    return server.url("imgyx")
+
+
+BACKENDS = ["local-sqlite", "s3-postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Store and database settings; every API test runs on both pairs."""
+    if request.param == "local-sqlite":
+        return {"storage": "local"}
+    s3: S3Server = request.getfixturevalue("s3_server")
+    postgres: PostgresServer = request.getfixturevalue("postgres_server")
+    return {
+        "storage": "s3",
+        "s3_endpoint": s3.endpoint,
+        "s3_access_key": s3.access_key,
+        "s3_secret_key": s3.secret_key,
+        "s3_bucket": request.getfixturevalue("s3_bucket"),
+        "s3_prefix": f"test-{uuid.uuid4().hex[:16]}/",
+        "s3_secure": False,
+        "database_url": fresh_postgres_url(postgres),
+    }
+
+
 @pytest.fixture
-def settings(tmp_path: Any, request: pytest.FixtureRequest) -> Settings:
+def settings(
+    tmp_path: Any, request: pytest.FixtureRequest, backend: dict[str, Any]
+) -> Settings:
     spool = tmp_path / "spool"
     spool.mkdir()
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "spool_dir": spool,
         "max_upload_bytes": TEST_LIMIT,
+        **backend,
     }
     marker = request.node.get_closest_marker("settings")
     if marker is not None:
@@ -41,6 +93,7 @@ def settings(tmp_path: Any, request: pytest.FixtureRequest) -> Settings:
 def services(settings: Settings, io_loop: ioloop.IOLoop) -> Iterator[Services]:
     secrets = prepare_data(settings)
     services = open_services(settings, *secrets)
+    io_loop.run_sync(services.store.store.prepare)
     yield services
     io_loop.run_sync(lambda: close_services(services))
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
 
 import pytest
 from tornado.simple_httpclient import HTTPStreamClosedError
@@ -24,12 +24,15 @@ async def fetch(http_client, base_url, path: str, method: str = "GET"):
     return await http_client.fetch(base_url + path, method=method, raise_error=False)
 
 
-def object_paths(services) -> list[Path]:
-    return [
-        path
-        for path in (services.settings.data_dir / "objects").rglob("*")
-        if path.is_file()
-    ]
+async def flip_bit(services, position: int) -> None:
+    """Corrupt the one stored object in place, through the store itself."""
+    store = services.store.store
+    (only,) = [info async for info in store.list()]
+    data = bytearray()
+    async for chunk in store.get(only.key, 0, only.size):
+        data += chunk
+    data[position] ^= 1
+    await store.put(only.key, io.BytesIO(bytes(data)), len(data))
 
 
 @pytest.mark.parametrize("size", [1, 65535, 65536, 65537, 150_000])
@@ -123,10 +126,7 @@ async def test_tampered_object_never_reaches_the_client(
 ):
     content = payload(200_000, seed=6)
     file = await stored(http_client, base_url, content)
-    (path,) = object_paths(services)
-    data = bytearray(path.read_bytes())
-    data[100] ^= 1  # inside the first segment
-    path.write_bytes(bytes(data))
+    await flip_bit(services, 100)  # inside the first segment
     response = await fetch(http_client, base_url, file["url"])
     assert response.code == 500
     assert content[:1000] not in response.body
@@ -138,10 +138,7 @@ async def test_corruption_after_the_first_segment_cuts_the_connection(
 ):
     content = payload(190_000, seed=7)
     file = await stored(http_client, base_url, content)
-    (path,) = object_paths(services)
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 1  # inside the last segment
-    path.write_bytes(bytes(data))
+    await flip_bit(services, -100)  # inside the last segment
     received = bytearray()
     # The client never gets a complete 200: the transfer is cut short.
     with pytest.raises(HTTPStreamClosedError):
@@ -155,8 +152,8 @@ async def test_corruption_after_the_first_segment_cuts_the_connection(
 @pytest.mark.gen_test
 async def test_missing_object_answers_an_error_status(http_client, base_url, services):
     file = await stored(http_client, base_url, payload(500, seed=8))
-    (path,) = object_paths(services)
-    path.unlink()
+    (only,) = [info async for info in services.store.store.list()]
+    await services.store.store.delete(only.key)
     response = await fetch(http_client, base_url, file["url"])
     assert response.code == 502
     assert json.loads(response.body)["code"] == "STORAGE_ERROR"

@@ -1,0 +1,110 @@
+"""LocalStore on disk: file layout, permissions, and what a failed put leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import stat
+from pathlib import Path
+
+import pytest
+
+from storage.base import ObjectNotFound, StoreError, new_object_key
+from storage.local import TEMP_SUFFIX, LocalStore
+from tests.storage.support import GatedSource, descriptors_open_on, keys_listed, put
+
+CONTENT = b"local store content\n" * 50
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+def test_object_is_a_file_in_its_fan_out_folder(local_store: LocalStore) -> None:
+    key = new_object_key()
+    put(local_store, key, CONTENT)
+
+    path = local_store.root / key[:2] / key
+    assert files_under(local_store.root) == [path]
+    assert path.read_bytes() == CONTENT
+
+
+def test_store_folders_are_private(local_store: LocalStore) -> None:
+    key = new_object_key()
+    put(local_store, key, CONTENT)
+
+    assert stat.S_IMODE(local_store.root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((local_store.root / key[:2]).stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("short_by", [1, len(CONTENT)])
+def test_failed_put_leaves_no_partial_file(
+    local_store: LocalStore, short_by: int
+) -> None:
+    source = io.BytesIO(CONTENT[: len(CONTENT) - short_by])
+    with pytest.raises(StoreError, match="early"):
+        asyncio.run(local_store.put(new_object_key(), source, len(CONTENT)))
+
+    assert files_under(local_store.root) == []
+
+
+def test_put_in_progress_is_a_partial_file_that_list_skips(
+    local_store: LocalStore,
+) -> None:
+    key = new_object_key()
+
+    async def scenario() -> tuple[list[Path], set[str]]:
+        source = GatedSource(CONTENT, pause_at=len(CONTENT) // 2)
+        putting = asyncio.create_task(local_store.put(key, source, len(CONTENT)))
+        await source.wait_until_paused()
+        on_disk = files_under(local_store.root)
+        listed = {info.key async for info in local_store.list()}
+        source.release.set()
+        await putting
+        return on_disk, listed
+
+    on_disk, listed = asyncio.run(scenario())
+    assert [path.parent for path in on_disk] == [local_store.root / key[:2]]
+    assert on_disk[0].name.startswith(key)
+    assert on_disk[0].name.endswith(TEMP_SUFFIX)
+    assert listed == set()
+    assert files_under(local_store.root) == [local_store.root / key[:2] / key]
+
+
+def test_key_that_walks_out_of_the_root_writes_nothing(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    key = "../" + "0" * 29
+    try:
+        with pytest.raises(ValueError, match="object key"):
+            asyncio.run(store.put(key, io.BytesIO(CONTENT), len(CONTENT)))
+    finally:
+        asyncio.run(store.close())
+
+    assert files_under(tmp_path) == []
+
+
+def test_object_removed_from_disk_reads_as_not_found(local_store: LocalStore) -> None:
+    key = new_object_key()
+    put(local_store, key, CONTENT)
+    (local_store.root / key[:2] / key).unlink()
+
+    with pytest.raises(ObjectNotFound):
+        asyncio.run(local_store.stat(key))
+    assert keys_listed(local_store) == set()
+
+
+def test_abandoned_get_closes_its_file(local_store: LocalStore) -> None:
+    key = new_object_key()
+    put(local_store, key, bytes(600_000))
+    path = local_store.root / key[:2] / key
+
+    async def scenario() -> tuple[int, int, int]:
+        chunks = local_store.get(key, 0, 600_000)
+        first = await anext(chunks)
+        during = descriptors_open_on(path)
+        await chunks.aclose()
+        return len(first), during, descriptors_open_on(path)
+
+    first_length, during, after = asyncio.run(scenario())
+    assert 0 < first_length < 600_000
+    assert (during, after) == (1, 0)
