@@ -19,6 +19,7 @@ import config
 from config import Settings, SettingsError
 from handlers import Services, make_app
 from ingest import Ingestor
+from ingest.fetch import Fetcher, FetchPolicy, FetchSlots
 from models import Database, open_database, ratelimit
 from models import files as catalog
 from models.migrations import migrate
@@ -110,6 +111,15 @@ def prepare_data(settings: Settings) -> tuple[MasterKey, bytes]:
     return master, secret
 
 
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    return FetchPolicy(
+        allow_ports=settings.fetch_allow_ports,
+        allow_networks=settings.fetch_allow_networks,
+        connect_timeout=settings.fetch_connect_timeout,
+        total_timeout=settings.fetch_timeout,
+    )
+
+
 def open_services(settings: Settings, master: MasterKey, secret: bytes) -> Services:
     database = Database(open_database(settings))
     store = SealedStore(make_store(settings), master)
@@ -121,6 +131,8 @@ def open_services(settings: Settings, master: MasterKey, secret: bytes) -> Servi
         keys=keys,
         ingestor=Ingestor(settings, database, store, keys),
         views=ViewCounter(database),
+        fetcher=Fetcher(fetch_policy(settings)),
+        fetch_slots=FetchSlots(settings.fetch_max_per_client),
     )
 
 

@@ -80,6 +80,26 @@ def parse_networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def parse_ports(raw: str) -> frozenset[int]:
+    ports = set()
+    for part in raw.replace(",", " ").split():
+        port = parse_port(part)
+        if port == 0:
+            raise ValueError("port 0 is not a port one can fetch from")
+        ports.add(port)
+    return frozenset(ports)
+
+
+def parse_seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 3600:
+        raise ValueError(f"must be between 0 and 3600 seconds, got {value}")
+    return value
+
+
 def parse_master_key(raw: str) -> bytes | None:
     if not raw.strip():
         return None
@@ -215,6 +235,30 @@ class Settings:
         "space separated).",
         parse_networks,
         shown="",
+    )
+    fetch_allow_ports: frozenset[int] = setting(
+        frozenset({80, 443, 8080, 8443}),
+        "Ports remote-URL uploads may connect to (comma or space separated).",
+        parse_ports,
+        shown="80,443,8080,8443",
+    )
+    fetch_allow_networks: tuple[IPNetwork, ...] = setting(
+        (),
+        "CIDRs of internal networks remote-URL uploads may reach, on any port "
+        "(empty: only globally routable addresses).",
+        parse_networks,
+        shown="",
+    )
+    fetch_timeout: float = setting(
+        60.0, "Seconds a remote-URL upload may take in all.", parse_seconds
+    )
+    fetch_connect_timeout: float = setting(
+        10.0,
+        "Seconds to wait for a remote server to accept a connection.",
+        parse_seconds,
+    )
+    fetch_max_per_client: int = setting(
+        2, "Remote-URL uploads one client may run at once.", parse_positive_int
     )
     public_url: str = setting(
         "",

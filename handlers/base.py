@@ -12,6 +12,7 @@ from tornado import iostream, web
 
 from config import Settings
 from ingest import Ingestor
+from ingest.fetch import Fetcher, FetchSlots
 from models import Database
 from models.views import ViewCounter
 from storage import IntegrityError, SealedStore, StoreError
@@ -50,6 +51,8 @@ class Services:
     keys: DeploymentKeys
     ingestor: Ingestor
     views: ViewCounter
+    fetcher: Fetcher
+    fetch_slots: FetchSlots
     store_ready: bool = False
 
 

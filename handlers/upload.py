@@ -12,9 +12,10 @@ from tornado.http1connection import HTTP1Connection
 from config import Settings
 from handlers.base import ApiError, BaseHandler, raw_url
 from handlers.clients import client_address, client_key
+from ingest.fetch import FetchFailed, InvalidUrl
 from ingest.multipart import MalformedMultipart, MultipartReader
 from ingest.names import sanitise
-from ingest.spool import FileTooLarge
+from ingest.spool import FileTooLarge, Spool
 from models import ratelimit
 from models.records import FileView
 
@@ -61,6 +62,7 @@ class UploadHandler(BaseHandler):
         self._json: bytearray | None = None
         self._received = 0
         self._body_limit = JSON_LIMIT
+        self._client = ""
         if self.request.method != "POST":
             return
         kind = body_kind(self.request.headers.get("Content-Type"))
@@ -110,14 +112,14 @@ class UploadHandler(BaseHandler):
 
     async def _take_rate_limit(self) -> None:
         settings = self.services.settings
-        if settings.rate_limit_per_hour == 0:
-            return
         address = client_address(
             self.request.remote_ip,
             self.request.headers.get("X-Forwarded-For"),
             settings.trusted_proxies,
         )
-        client = self.services.keys.client_hash(client_key(address))
+        client = self._client = self.services.keys.client_hash(client_key(address))
+        if settings.rate_limit_per_hour == 0:
+            return
         verdict = await self.services.database.run(
             ratelimit.take, client, settings.rate_limit_per_hour
         )
@@ -163,7 +165,8 @@ class UploadHandler(BaseHandler):
 
     async def post(self) -> None:
         if self._json is not None:
-            self._post_json(bytes(self._json))
+            await self._fetch(self._url_of(bytes(self._json)))
+            return
         if self._reader is None:
             raise ApiError(400, "INVALID_BODY", "Malformed request body.")
         target = self._reader.target
@@ -182,7 +185,7 @@ class UploadHandler(BaseHandler):
             upload_body(stored.file, stored.created, self.services.settings),
         )
 
-    def _post_json(self, body: bytes) -> None:
+    def _url_of(self, body: bytes) -> str:
         try:
             document = json.loads(body)
         except (UnicodeDecodeError, ValueError):
@@ -190,9 +193,43 @@ class UploadHandler(BaseHandler):
         url = document.get("url") if isinstance(document, dict) else None
         if not isinstance(url, str) or not url.strip():
             raise ApiError(400, "NO_URL", "Send a JSON object with a url string.")
-        raise ApiError(
-            501, "NOT_IMPLEMENTED", "Uploads from a URL are not available yet."
-        )
+        return url.strip()
+
+    async def _fetch(self, url: str) -> None:
+        """Fetch a remote file into a spool, then store it like a direct upload."""
+        slots = self.services.fetch_slots
+        if not slots.take(self._client):
+            raise ApiError(
+                429,
+                "RATE_LIMITED",
+                "Too many remote uploads at once; wait for one to end.",
+            )
+        spool = self.services.ingestor.open_spool()
+        try:
+            name = await self._fetch_into(url, spool)
+            stored = await self.services.ingestor.store(spool, sanitise(name))
+        finally:
+            spool.discard()
+            slots.give_back(self._client)
+        body = upload_body(stored.file, stored.created, self.services.settings)
+        self.write_json(201 if stored.created else 200, body)
+
+    async def _fetch_into(self, url: str, spool: Spool) -> str | None:
+        try:
+            name = await self.services.fetcher.fetch(url, spool)
+        except InvalidUrl as error:
+            raise ApiError(
+                400, "INVALID_URL", f"Cannot fetch that URL: {error}."
+            ) from None
+        except FetchFailed as error:
+            raise ApiError(
+                400, "FETCH_FAILED", f"The remote fetch failed: {error}."
+            ) from None
+        except FileTooLarge:
+            raise too_large(self.services.settings.max_upload_bytes) from None
+        if spool.size == 0:
+            raise ApiError(400, "FETCH_FAILED", "The remote file is empty.")
+        return name
 
     def _discard(self) -> None:
         if self._reader is not None:
