@@ -272,16 +272,16 @@ async def test_json_without_url_string_returns_no_url(http_client, base_url, doc
 
 
 @pytest.mark.gen_test
-async def test_json_with_url_is_not_implemented_yet(http_client, base_url):
+async def test_json_url_to_our_own_machine_is_refused(http_client, base_url):
     response = await http_client.fetch(
         base_url + "/api/upload",
         method="POST",
-        body=b'{"url": "https://example.com/a"}',
+        body=b'{"url": "http://127.0.0.1:1/secret"}',
         headers={"Content-Type": "application/json; charset=utf-8"},
         raise_error=False,
     )
-    assert response.code == 501
-    assert error_of(response) == "NOT_IMPLEMENTED"
+    assert response.code == 400
+    assert error_of(response) == "INVALID_URL"
 
 
 @pytest.mark.parametrize(
