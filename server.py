@@ -20,6 +20,7 @@ from config import Settings, SettingsError
 from handlers import Services, make_app
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchPolicy, FetchSlots
+from ingest.thumbnails import Thumbnailer
 from models import Database, open_database, ratelimit
 from models import files as catalog
 from models.migrations import migrate
@@ -129,7 +130,13 @@ def open_services(settings: Settings, master: MasterKey, secret: bytes) -> Servi
         database=database,
         store=store,
         keys=keys,
-        ingestor=Ingestor(settings, database, store, keys),
+        ingestor=Ingestor(
+            settings,
+            database,
+            store,
+            keys,
+            Thumbnailer(settings.thumbnail_timeout, settings.thumbnail_size),
+        ),
         views=ViewCounter(database),
         fetcher=Fetcher(fetch_policy(settings)),
         fetch_slots=FetchSlots(settings.fetch_max_per_client),
@@ -138,6 +145,7 @@ def open_services(settings: Settings, master: MasterKey, secret: bytes) -> Servi
 
 async def close_services(services: Services) -> None:
     await services.views.flush()
+    services.ingestor.close()
     await services.store.store.close()
     services.database.close()
 

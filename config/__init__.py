@@ -53,6 +53,13 @@ def parse_non_negative_int(raw: str) -> int:
     return value
 
 
+def parse_bounded_int(raw: str, low: int, high: int) -> int:
+    value = parse_int(raw)
+    if not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high}, got {value}")
+    return value
+
+
 def parse_port(raw: str) -> int:
     value = parse_int(raw)
     if not 0 <= value <= 65535:
@@ -259,6 +266,16 @@ class Settings:
     )
     fetch_max_per_client: int = setting(
         2, "Remote-URL uploads one client may run at once.", parse_positive_int
+    )
+    thumbnail_size: int = setting(
+        480,
+        "Longest side of thumbnails, in pixels (32 to 480).",
+        lambda raw: parse_bounded_int(raw, 32, 480),
+    )
+    thumbnail_timeout: float = setting(
+        10.0,
+        "Seconds a thumbnail may take to render; slower images get none.",
+        parse_seconds,
     )
     public_url: str = setting(
         "",

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tornado import web
 
-from handlers.api import InfoHandler, StatsHandler
+from handlers.api import InfoHandler, OpenApiHandler, StatsHandler
 from handlers.base import NotFoundHandler, Services, log_request
+from handlers.files import ID_PATTERN, RAW_ROUTE, RawFileHandler, ThumbnailHandler
+from handlers.pages import DocsHandler, HomeHandler, PreviewHandler, ShareXHandler
+from handlers.upload import UploadHandler
 
 __all__ = ["Services", "make_app"]
-from handlers.files import RAW_ROUTE, RawFileHandler
-from handlers.upload import UploadHandler
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_app(services: Services) -> web.Application:
     """The application; the server and the tests both build it here."""
     routes = [
+        (r"/", HomeHandler),
+        (r"/docs", DocsHandler),
+        (r"/sharex\.sxcu", ShareXHandler),
         (r"/api/upload", UploadHandler),
         (r"/api/info", InfoHandler),
         (r"/api/stats", StatsHandler),
+        (r"/api/openapi\.json", OpenApiHandler),
+        (rf"/p/({ID_PATTERN})", PreviewHandler),
+        (rf"/t/({ID_PATTERN})", ThumbnailHandler),
         (RAW_ROUTE, RawFileHandler),
     ]
     kwargs = {"services": services}
@@ -28,4 +39,6 @@ def make_app(services: Services) -> web.Application:
         log_function=log_request,
         compress_response=False,
         xsrf_cookies=False,
+        static_path=str(ROOT / "static"),
+        template_path=str(ROOT / "templates"),
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from handlers.base import BaseHandler, not_found, raw_url
+from handlers.base import BaseHandler, not_found, raw_url, thumbnail_url
+from handlers.openapi import openapi_document
 from models import files as catalog
 from models.records import open_record
 
@@ -31,6 +32,7 @@ class InfoHandler(BaseHandler):
                 "created_at": file.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "url": raw_url(self.services.settings, file.id),
                 "preview_url": f"/p/{file.id}",
+                "thumbnail_url": thumbnail_url(self.services.settings, file),
             }
         )
 
@@ -46,3 +48,10 @@ class StatsHandler(BaseHandler):
                 "total_storage_bytes": int(totals.storage_bytes),
             }
         )
+
+
+class OpenApiHandler(BaseHandler):
+    def get(self) -> None:
+        base = f"{self.request.protocol}://{self.request.host}"
+        self.set_header("Cache-Control", "no-cache")
+        self.write(openapi_document(self.services.settings, base))

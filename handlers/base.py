@@ -14,6 +14,7 @@ from config import Settings
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchSlots
 from models import Database
+from models.records import FileView
 from models.views import ViewCounter
 from storage import IntegrityError, SealedStore, StoreError
 from storage.keys import DeploymentKeys, UnwrapError
@@ -75,6 +76,21 @@ class ApiError(web.HTTPError):
 def raw_url(settings: Settings, file_id: str) -> str:
     """The link to a raw file: on the content origin when one is set, else relative."""
     return f"{settings.content_url}/{file_id}"
+
+
+def thumbnail_url(settings: Settings, file: FileView) -> str | None:
+    """The link to a file's thumbnail, or None when it has none."""
+    if not file.has_thumbnail:
+        return None
+    return f"{settings.content_url}/t/{file.id}"
+
+
+def absolute(settings: Settings, request_base: str, url: str) -> str:
+    """An absolute URL for `url` (relative links get IMGYX_PUBLIC_URL or the
+    request's own scheme and host)."""
+    if url.startswith(("http://", "https://")):
+        return url
+    return (settings.public_url or request_base) + url
 
 
 def not_found() -> ApiError:

@@ -29,6 +29,31 @@ def http_date(moment: datetime.datetime) -> str:
     return email.utils.format_datetime(moment.astimezone(datetime.UTC), usegmt=True)
 
 
+class ThumbnailHandler(BaseHandler):
+    """GET /t/ID: the thumbnail of an image, where one was made."""
+
+    async def get(self, file_id: str) -> None:
+        record = await self.services.database.run(catalog.find, file_id)
+        if record is None:
+            raise not_found()
+        file = open_record(record, self.services.store)
+        if file.thumbnail is None:
+            raise ApiError(404, "NOT_FOUND", "This file has no thumbnail.")
+        etag = self.services.keys.etag(file.fingerprint + "/thumbnail")
+        self.set_header("Content-Type", file.thumbnail_type or "image/jpeg")
+        self.set_header("Content-Security-Policy", SANDBOX_POLICY)
+        self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
+        max_age = self.services.settings.cache_max_age
+        self.set_header("Cache-Control", f"public, max-age={max_age}, immutable")
+        self.set_header("ETag", etag)
+        if conditional.none_match(self.request.headers.get("If-None-Match"), etag):
+            self.set_status(304)
+            return
+        data = await self.services.store.read_all(file.thumbnail)
+        self.bytes_sent += len(data)
+        super(BaseHandler, self).write(data)
+
+
 class RawFileHandler(BaseHandler):
     async def head(self, file_id: str) -> None:
         await self._serve(file_id, body=False)

@@ -10,7 +10,7 @@ from tornado import web
 from tornado.http1connection import HTTP1Connection
 
 from config import Settings
-from handlers.base import ApiError, BaseHandler, raw_url
+from handlers.base import ApiError, BaseHandler, raw_url, thumbnail_url
 from handlers.clients import client_address, client_key
 from ingest.fetch import FetchFailed, InvalidUrl
 from ingest.multipart import MalformedMultipart, MultipartReader
@@ -44,7 +44,7 @@ def upload_body(file: FileView, created: bool, settings: Settings) -> dict[str, 
         "size": file.size,
         "mimetype": file.mimetype,
         "created_at": file.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "thumbnail_url": None,
+        "thumbnail_url": thumbnail_url(settings, file),
         "duplicate": not created,
     }
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from config import Settings
 from ingest import mime
 from ingest.spool import Spool
+from ingest.thumbnails import Thumbnailer
 from models import Database
 from models import files as catalog
 from models.records import FileView, metadata_context, open_record
@@ -33,12 +34,17 @@ class Ingestor:
         database: Database,
         store: SealedStore,
         keys: DeploymentKeys,
+        thumbnailer: Thumbnailer,
     ) -> None:
         self._settings = settings
         self._database = database
         self._store = store
         self._keys = keys
+        self._thumbnailer = thumbnailer
         self._id_length = catalog.IdLength()
+
+    def close(self) -> None:
+        self._thumbnailer.close()
 
     def open_spool(self) -> Spool:
         return Spool(
@@ -59,24 +65,33 @@ class Ingestor:
         if existing is not None:
             return Stored(open_record(existing, self._store), created=False)
 
-        sealed = await self._store.put_file(spool.path, spool.size)
+        put: list[SealedObject] = []
         try:
-            return await self._record(sealed, fingerprint, file_name, mimetype)
+            put.append(await self._store.put_file(spool.path, spool.size))
+            thumbnail = await self._thumbnailer.make(spool.path, mimetype)
+            if thumbnail is not None:
+                put.append(await self._store.put_bytes(thumbnail.data))
+            fields = {"name": file_name, "type": mimetype}
+            if thumbnail is not None:
+                fields["thumbnail_type"] = thumbnail.mimetype
+            return await self._record(put, fingerprint, fields)
         except BaseException:
-            await self._forget(sealed)
+            await self._forget(put)
             raise
 
     async def _record(
-        self, sealed: SealedObject, fingerprint: str, file_name: str, mimetype: str
+        self, put: list[SealedObject], fingerprint: str, fields: dict[str, str]
     ) -> Stored:
+        sealed = put[0]
         data_key = self._store.data_key(sealed)
-        new = catalog.NewFile(sealed.size, fingerprint, sealed.key, sealed.wrapped_key)
+        thumbnail = put[1] if len(put) > 1 else None
+        new = catalog.NewFile(
+            sealed.size, fingerprint, sealed.key, sealed.wrapped_key, thumbnail
+        )
         while True:
             file_id = catalog.new_file_id(self._id_length.length)
             metadata = seal_metadata(
-                data_key,
-                metadata_context(file_id, sealed.key),
-                {"name": file_name, "type": mimetype},
+                data_key, metadata_context(file_id, sealed.key), fields
             )
             try:
                 record = await self._database.run(
@@ -87,16 +102,18 @@ class Ingestor:
                 continue
             except catalog.DuplicateContent as duplicate:
                 # Another upload of the same bytes won the race: use its record.
-                await self._forget(sealed)
+                await self._forget(put)
                 return Stored(
                     open_record(duplicate.existing, self._store), created=False
                 )
             self._id_length.succeeded()
             return Stored(open_record(record, self._store), created=True)
 
-    async def _forget(self, sealed: SealedObject) -> None:
-        try:
-            await self._store.delete(sealed.key)
-        except Exception:
-            # gc removes objects no record references; nothing is lost here.
-            logger.exception("could not delete an unrecorded object")
+    async def _forget(self, put: list[SealedObject]) -> None:
+        for sealed in put:
+            try:
+                await self._store.delete(sealed.key)
+            except Exception:
+                # gc removes objects no record references; nothing is lost here.
+                logger.exception("could not delete an unrecorded object")
+        put.clear()

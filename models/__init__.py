@@ -43,6 +43,9 @@ class File(BaseModel):
     object_key = peewee.CharField(max_length=32)
     wrapped_key = peewee.BlobField()
     metadata = peewee.BlobField()
+    thumbnail_key = peewee.CharField(max_length=32, null=True)
+    thumbnail_wrapped_key = peewee.BlobField(null=True)
+    thumbnail_size = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "files"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import peewee
 
 from models import File, Secret, Totals
+from storage.sealed import SealedObject
 
 ID_ALPHABET = string.ascii_letters + string.digits
 ID_MIN_LENGTH = 5
@@ -52,6 +53,7 @@ class NewFile:
     fingerprint: str
     object_key: str
     wrapped_key: bytes
+    thumbnail: SealedObject | None = None
 
 
 def new_file_id(length: int) -> str:
@@ -108,6 +110,11 @@ def create(new: NewFile, file_id: str, metadata: bytes) -> File:
                 object_key=new.object_key,
                 wrapped_key=new.wrapped_key,
                 metadata=metadata,
+                thumbnail_key=new.thumbnail.key if new.thumbnail else None,
+                thumbnail_wrapped_key=new.thumbnail.wrapped_key
+                if new.thumbnail
+                else None,
+                thumbnail_size=new.thumbnail.size if new.thumbnail else None,
             )
             Totals.update(
                 files=Totals.files + 1, storage_bytes=Totals.storage_bytes + new.size

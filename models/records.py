@@ -21,6 +21,12 @@ class FileView:
     created_at: datetime.datetime
     fingerprint: str
     sealed: SealedObject
+    thumbnail: SealedObject | None = None
+    thumbnail_type: str | None = None
+
+    @property
+    def has_thumbnail(self) -> bool:
+        return self.thumbnail is not None
 
 
 def metadata_context(file_id: str, object_key: str) -> bytes:
@@ -43,6 +49,13 @@ def open_record(record: File, store: SealedStore) -> FileView:
         bytes(record.metadata),
     )
     created = record.created_at.replace(tzinfo=datetime.UTC)
+    thumbnail = None
+    if record.thumbnail_key and record.thumbnail_wrapped_key:
+        thumbnail = SealedObject(
+            str(record.thumbnail_key),
+            bytes(record.thumbnail_wrapped_key),
+            int(record.thumbnail_size or 0),
+        )
     return FileView(
         id=str(record.id),
         name=str(fields["name"]),
@@ -51,5 +64,7 @@ def open_record(record: File, store: SealedStore) -> FileView:
         views=int(record.views),
         created_at=created,
         fingerprint=str(record.fingerprint),
+        thumbnail=thumbnail,
+        thumbnail_type=fields.get("thumbnail_type"),
         sealed=sealed,
     )

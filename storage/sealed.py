@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import AsyncGenerator
@@ -51,6 +52,21 @@ class SealedStore:
             reader = EncryptingReader(plaintext, size, data_key)
             await self.store.put(key, reader, reader.length)
         return SealedObject(key, self.master.wrap(data_key, key.encode()), size)
+
+    async def put_bytes(self, data: bytes) -> SealedObject:
+        """Encrypt a small in-memory payload (a thumbnail) into a new object."""
+        key = new_object_key()
+        data_key = new_data_key()
+        reader = EncryptingReader(io.BytesIO(data), len(data), data_key)
+        await self.store.put(key, reader, reader.length)
+        return SealedObject(key, self.master.wrap(data_key, key.encode()), len(data))
+
+    async def read_all(self, sealed: SealedObject) -> bytes:
+        """The whole plaintext of a small object."""
+        if sealed.size == 0:
+            return b""
+        chunks = [chunk async for chunk in self.read(sealed, 0, sealed.size - 1)]
+        return b"".join(chunks)
 
     def data_key(self, sealed: SealedObject) -> bytes:
         return self.master.unwrap(sealed.wrapped_key, sealed.key.encode())

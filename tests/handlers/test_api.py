@@ -23,7 +23,9 @@ async def get_json(http_client, base_url, path: str) -> tuple[int, dict]:
 
 
 @pytest.mark.gen_test
-async def test_info_returns_exactly_the_reference_fields(http_client, base_url):
+async def test_info_returns_the_reference_fields_and_thumbnail_url(
+    http_client, base_url
+):
     file = await stored(http_client, base_url, payload(1234, seed=1), "report.bin")
     code, info = await get_json(http_client, base_url, f"/api/info?id={file['id']}")
     assert code == 200
@@ -36,6 +38,7 @@ async def test_info_returns_exactly_the_reference_fields(http_client, base_url):
         "created_at": file["created_at"],
         "url": f"/{file['id']}",
         "preview_url": f"/p/{file['id']}",
+        "thumbnail_url": None,
     }
 
 
