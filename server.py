@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from tornado import httpserver, ioloop, netutil
 
+import commands
 import config
 from config import Settings, SettingsError
 from handlers import Services, make_app
@@ -41,11 +42,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SMALL_BODY_LIMIT = 64 * 1024
 
 
-def parse_arguments(argv: Sequence[str]) -> dict[str, str]:
+def parse_arguments(argv: Sequence[str]) -> tuple[dict[str, str], argparse.Namespace]:
+    """Setting overrides from the options, and the parsed arguments (with .command)."""
     parser = argparse.ArgumentParser(
         prog="server.py",
-        description="imgyx, an anonymous file host. Every option can also be set "
-        "with its IMGYX_* environment variable; options win.",
+        description="imgyx, an anonymous file host. Without a command it serves. Every "
+        "option can also be set with its IMGYX_* environment variable; options win.",
     )
     for info in config.describe():
         parser.add_argument(
@@ -54,8 +56,16 @@ def parse_arguments(argv: Sequence[str]) -> dict[str, str]:
             metavar=info.name.upper(),
             help=f"{info.help} [{info.env}, default: {info.default or 'empty'}]",
         )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_commands(subparsers)
     arguments = parser.parse_args(list(argv))
-    return {name: value for name, value in vars(arguments).items() if value is not None}
+    names = {info.name for info in config.describe()}
+    overrides = {
+        name: value
+        for name, value in vars(arguments).items()
+        if name in names and value is not None
+    }
+    return overrides, arguments
 
 
 class RedactAddresses(logging.Filter):
@@ -200,14 +210,27 @@ async def serve(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     await stopping.wait()
 
-    logger.info("stopping")
-    ticker.stop()
+    logger.info("stopping: no new connections; finishing requests in flight")
     server.stop()
+    await drain(services, settings.shutdown_timeout)
+    await server.close_all_connections()
+    ticker.stop()
     await close_services(services)
+    logger.info("stopped")
+
+
+async def drain(services: Services, timeout: float) -> None:
+    """Wait until no request is in flight, or `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while services.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    if services.in_flight:
+        logger.warning("%d requests still running after %.0f s; cutting them",
+                       len(services.in_flight), timeout)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    overrides = parse_arguments(sys.argv[1:] if argv is None else argv)
+    overrides, arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     try:
         settings = Settings.from_environ(overrides=overrides)
         secrets = prepare_data(settings)
@@ -215,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imgyx: {error}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if arguments.command:
+        services = open_services(settings, *secrets)
+        return commands.run(services, arguments, close_services)
 
     # A stop signal that arrives while we start is held until we can handle it.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

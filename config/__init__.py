@@ -302,6 +302,11 @@ class Settings:
     body_timeout: int = setting(
         300, "Seconds a client may take to send a request body.", parse_positive_int
     )
+    shutdown_timeout: float = setting(
+        30.0,
+        "Seconds a stopping server lets uploads and downloads in flight finish.",
+        parse_seconds,
+    )
     log_level: str = setting("INFO", "debug, info, warning or error.", parse_log_level)
 
     @classmethod

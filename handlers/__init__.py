@@ -6,7 +6,14 @@ from pathlib import Path
 
 from tornado import web
 
-from handlers.api import InfoHandler, OpenApiHandler, StatsHandler
+from handlers.api import (
+    DeleteHandler,
+    HealthHandler,
+    InfoHandler,
+    OpenApiHandler,
+    ReadyHandler,
+    StatsHandler,
+)
 from handlers.base import NotFoundHandler, Services, log_request
 from handlers.files import ID_PATTERN, RAW_ROUTE, RawFileHandler, ThumbnailHandler
 from handlers.pages import DocsHandler, HomeHandler, PreviewHandler, ShareXHandler
@@ -27,6 +34,9 @@ def make_app(services: Services) -> web.Application:
         (r"/api/info", InfoHandler),
         (r"/api/stats", StatsHandler),
         (r"/api/openapi\.json", OpenApiHandler),
+        (rf"/api/files/({ID_PATTERN})", DeleteHandler),
+        (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler),
         (rf"/p/({ID_PATTERN})", PreviewHandler),
         (rf"/t/({ID_PATTERN})", ThumbnailHandler),
         (RAW_ROUTE, RawFileHandler),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus, client
 from typing import Any
 
@@ -14,7 +14,8 @@ from config import Settings
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchSlots
 from models import Database
-from models.records import FileView
+from models import files as catalog
+from models.records import FileView, open_record
 from models.views import ViewCounter
 from storage import IntegrityError, SealedStore, StoreError
 from storage.keys import DeploymentKeys, UnwrapError
@@ -55,6 +56,8 @@ class Services:
     fetcher: Fetcher
     fetch_slots: FetchSlots
     store_ready: bool = False
+    # Requests being answered, so a graceful stop can wait for them.
+    in_flight: set[int] = field(default_factory=set)
 
 
 class ApiError(web.HTTPError):
@@ -106,6 +109,14 @@ class BaseHandler(web.RequestHandler):
     def initialize(self, services: Services) -> None:
         self.services = services
         self.bytes_sent = 0
+        services.in_flight.add(id(self))
+
+    def on_finish(self) -> None:
+        self.services.in_flight.discard(id(self))
+
+    def on_connection_close(self) -> None:
+        self.services.in_flight.discard(id(self))
+        super().on_connection_close()
 
     def set_default_headers(self) -> None:
         self.set_header("Access-Control-Allow-Origin", "*")
@@ -182,6 +193,16 @@ class BaseHandler(web.RequestHandler):
                 self.request.path,
                 exc_info=(typ, value, tb),
             )
+
+    async def find_file(self, file_id: str) -> FileView:
+        """The file at `file_id`, opened; 404 if there is none, 451 if taken down."""
+        record = await self.services.database.run(catalog.find, file_id)
+        if record is not None:
+            return open_record(record, self.services.store)
+        reason = await self.services.database.run(catalog.retired_reason, file_id)
+        if reason == "taken_down":
+            raise ApiError(451, "BLOCKED", "This file was taken down by the operator.")
+        raise not_found()
 
 
 class NotFoundHandler(BaseHandler):

@@ -13,10 +13,9 @@ from urllib.parse import urlsplit
 from tornado import iostream
 
 from handlers import conditional
-from handlers.base import ApiError, BaseHandler, not_found
+from handlers.base import ApiError, BaseHandler
 from handlers.content import SANDBOX_POLICY, content_disposition, delivery
-from models import files as catalog
-from models.records import FileView, open_record
+from models.records import FileView
 from storage import IntegrityError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -33,10 +32,7 @@ class ThumbnailHandler(BaseHandler):
     """GET /t/ID: the thumbnail of an image, where one was made."""
 
     async def get(self, file_id: str) -> None:
-        record = await self.services.database.run(catalog.find, file_id)
-        if record is None:
-            raise not_found()
-        file = open_record(record, self.services.store)
+        file = await self.find_file(file_id)
         if file.thumbnail is None:
             raise ApiError(404, "NOT_FOUND", "This file has no thumbnail.")
         etag = self.services.keys.etag(file.fingerprint + "/thumbnail")
@@ -64,10 +60,7 @@ class RawFileHandler(BaseHandler):
     async def _serve(self, file_id: str, body: bool) -> None:
         if self._redirect_to_content_origin():
             return
-        record = await self.services.database.run(catalog.find, file_id)
-        if record is None:
-            raise not_found()
-        file = open_record(record, self.services.store)
+        file = await self.find_file(file_id)
         etag = self.services.keys.etag(file.fingerprint)
         self._set_file_headers(file, etag)
 

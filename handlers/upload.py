@@ -12,12 +12,12 @@ from tornado.http1connection import HTTP1Connection
 from config import Settings
 from handlers.base import ApiError, BaseHandler, raw_url, thumbnail_url
 from handlers.clients import client_address, client_key
+from ingest import Blocked, Stored
 from ingest.fetch import FetchFailed, InvalidUrl
 from ingest.multipart import MalformedMultipart, MultipartReader
 from ingest.names import sanitise
 from ingest.spool import FileTooLarge, Spool
 from models import ratelimit
-from models.records import FileView
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ def body_kind(content_type: str | None) -> str | None:
     return None
 
 
-def upload_body(file: FileView, created: bool, settings: Settings) -> dict[str, Any]:
-    return {
+def upload_body(stored: Stored, settings: Settings) -> dict[str, Any]:
+    file = stored.file
+    body = {
         "id": file.id,
         "url": raw_url(settings, file.id),
         "preview_url": f"/p/{file.id}",
@@ -45,8 +46,11 @@ def upload_body(file: FileView, created: bool, settings: Settings) -> dict[str, 
         "mimetype": file.mimetype,
         "created_at": file.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "thumbnail_url": thumbnail_url(settings, file),
-        "duplicate": not created,
+        "duplicate": not stored.created,
     }
+    if stored.delete_token is not None:
+        body["delete_token"] = stored.delete_token
+    return body
 
 
 def too_large(limit: int) -> ApiError:
@@ -179,11 +183,19 @@ class UploadHandler(BaseHandler):
                 400, "INVALID_BODY", "Malformed multipart body: it ends early."
             )
         name = sanitise(self._reader.file_name)
-        stored = await self.services.ingestor.store(target.spool, name)
+        stored = await self._store(target.spool, name)
         self.write_json(
             201 if stored.created else 200,
-            upload_body(stored.file, stored.created, self.services.settings),
+            upload_body(stored, self.services.settings),
         )
+
+    async def _store(self, spool: Spool, name: str) -> Stored:
+        try:
+            return await self.services.ingestor.store(spool, name)
+        except Blocked:
+            raise ApiError(
+                451, "BLOCKED", "This content was taken down and cannot be uploaded."
+            ) from None
 
     def _url_of(self, body: bytes) -> str:
         try:
@@ -207,11 +219,11 @@ class UploadHandler(BaseHandler):
         spool = self.services.ingestor.open_spool()
         try:
             name = await self._fetch_into(url, spool)
-            stored = await self.services.ingestor.store(spool, sanitise(name))
+            stored = await self._store(spool, sanitise(name))
         finally:
             spool.discard()
             slots.give_back(self._client)
-        body = upload_body(stored.file, stored.created, self.services.settings)
+        body = upload_body(stored, self.services.settings)
         self.write_json(201 if stored.created else 200, body)
 
     async def _fetch_into(self, url: str, spool: Spool) -> str | None:
@@ -237,6 +249,7 @@ class UploadHandler(BaseHandler):
 
     def on_finish(self) -> None:
         self._discard()
+        super().on_finish()
 
     def on_connection_close(self) -> None:
         self._discard()

@@ -3,7 +3,9 @@ encrypt, record."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 
 from config import Settings
@@ -23,6 +25,17 @@ logger = logging.getLogger(__name__)
 class Stored:
     file: FileView
     created: bool
+    # The secret that deletes the file: only in the answer that created it.
+    delete_token: str | None = None
+
+
+class Blocked(Exception):
+    """The content was banned by an operator."""
+
+
+def delete_token_hash(token: str) -> str:
+    """What the record keeps of a delete token: the token itself is never stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Ingestor:
@@ -60,6 +73,8 @@ class Ingestor:
         was put, the object is deleted again before the error propagates.
         """
         fingerprint = spool.finish()
+        if await self._database.run(catalog.is_banned, fingerprint):
+            raise Blocked("this content was banned")
         mimetype = mime.detect(bytes(spool.head))
         existing = await self._database.run(catalog.find_by_fingerprint, fingerprint)
         if existing is not None:
@@ -85,8 +100,14 @@ class Ingestor:
         sealed = put[0]
         data_key = self._store.data_key(sealed)
         thumbnail = put[1] if len(put) > 1 else None
+        token = secrets.token_urlsafe(24)
         new = catalog.NewFile(
-            sealed.size, fingerprint, sealed.key, sealed.wrapped_key, thumbnail
+            sealed.size,
+            fingerprint,
+            sealed.key,
+            sealed.wrapped_key,
+            thumbnail,
+            delete_token_hash(token),
         )
         while True:
             file_id = catalog.new_file_id(self._id_length.length)
@@ -107,7 +128,7 @@ class Ingestor:
                     open_record(duplicate.existing, self._store), created=False
                 )
             self._id_length.succeeded()
-            return Stored(open_record(record, self._store), created=True)
+            return Stored(open_record(record, self._store), True, token)
 
     async def _forget(self, put: list[SealedObject]) -> None:
         for sealed in put:

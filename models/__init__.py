@@ -46,6 +46,7 @@ class File(BaseModel):
     thumbnail_key = peewee.CharField(max_length=32, null=True)
     thumbnail_wrapped_key = peewee.BlobField(null=True)
     thumbnail_size = peewee.BigIntegerField(null=True)
+    delete_token_hash = peewee.CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "files"
@@ -85,6 +86,28 @@ class RateWindow(BaseModel):
         primary_key = peewee.CompositeKey("client", "minute")
 
 
+class RetiredId(BaseModel):
+    """IDs that once named a file: never issued again. A taken-down ID answers 451."""
+
+    id = peewee.CharField(max_length=16, primary_key=True)
+    reason = peewee.CharField(max_length=16)
+    retired_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "retired_ids"
+
+
+class BannedContent(BaseModel):
+    """Fingerprints an operator banned: the same bytes can never be uploaded again."""
+
+    fingerprint = peewee.CharField(max_length=64, primary_key=True)
+    reason = peewee.CharField(max_length=200)
+    banned_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "banned_content"
+
+
 class SchemaVersion(BaseModel):
     version = peewee.IntegerField(primary_key=True)
 
@@ -92,7 +115,15 @@ class SchemaVersion(BaseModel):
         table_name = "schema_version"
 
 
-ALL_MODELS: list[type[BaseModel]] = [File, Totals, Secret, RateWindow, SchemaVersion]
+ALL_MODELS: list[type[BaseModel]] = [
+    File,
+    Totals,
+    Secret,
+    RateWindow,
+    RetiredId,
+    BannedContent,
+    SchemaVersion,
+]
 
 
 def open_database(settings: Settings) -> peewee.Database:

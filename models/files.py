@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from models import File, Secret, Totals
+from models import BannedContent, File, RetiredId, Secret, Totals
 from storage.sealed import SealedObject
 
 ID_ALPHABET = string.ascii_letters + string.digits
@@ -54,6 +54,7 @@ class NewFile:
     object_key: str
     wrapped_key: bytes
     thumbnail: SealedObject | None = None
+    delete_token_hash: str | None = None
 
 
 def new_file_id(length: int) -> str:
@@ -102,6 +103,8 @@ def create(new: NewFile, file_id: str, metadata: bytes) -> File:
     database = File._meta.database
     try:
         with database.atomic():
+            if RetiredId.get_or_none(RetiredId.id == file_id) is not None:
+                raise IdTaken(file_id)
             record = File.create(
                 id=file_id,
                 size=new.size,
@@ -115,6 +118,7 @@ def create(new: NewFile, file_id: str, metadata: bytes) -> File:
                 if new.thumbnail
                 else None,
                 thumbnail_size=new.thumbnail.size if new.thumbnail else None,
+                delete_token_hash=new.delete_token_hash,
             )
             Totals.update(
                 files=Totals.files + 1, storage_bytes=Totals.storage_bytes + new.size
@@ -128,7 +132,52 @@ def create(new: NewFile, file_id: str, metadata: bytes) -> File:
 
 
 class IdTaken(Exception):
-    """The drawn ID is already a record's; draw another."""
+    """The drawn ID is already a record's, or was one; draw another."""
+
+
+def retired_reason(file_id: str) -> str | None:
+    """Why an ID no longer names a file ("deleted", "taken_down"), or None."""
+    row = RetiredId.get_or_none(RetiredId.id == file_id)
+    return None if row is None else str(row.reason)
+
+
+def remove(file_id: str, reason: str) -> File | None:
+    """Delete the record, retire its ID and update the totals, in one transaction.
+
+    Returns the removed record (its objects are the caller's to delete), or None
+    when there was no such record.
+    """
+    database = File._meta.database
+    with database.atomic():
+        record = find(file_id)
+        if record is None:
+            return None
+        File.delete().where(File.id == file_id).execute()
+        RetiredId.insert(
+            id=file_id, reason=reason, retired_at=_now()
+        ).on_conflict_replace().execute()
+        Totals.update(
+            files=Totals.files - 1,
+            storage_bytes=Totals.storage_bytes - record.size,
+            views=Totals.views - record.views,
+        ).where(Totals.id == 1).execute()
+    return record
+
+
+def ban(fingerprint: str, reason: str) -> None:
+    BannedContent.insert(
+        fingerprint=fingerprint, reason=reason[:200], banned_at=_now()
+    ).on_conflict_replace().execute()
+
+
+def is_banned(fingerprint: str) -> bool:
+    return (
+        BannedContent.get_or_none(BannedContent.fingerprint == fingerprint) is not None
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
 def add_views(counts: dict[str, int]) -> None:

@@ -10,7 +10,15 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as run_migrations
 
-from models import File, RateWindow, SchemaVersion, Secret, Totals
+from models import (
+    BannedContent,
+    File,
+    RateWindow,
+    RetiredId,
+    SchemaVersion,
+    Secret,
+    Totals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +49,16 @@ def _thumbnails(database: peewee.Database) -> None:
     )
 
 
+def _deletion(database: peewee.Database) -> None:
+    database.create_tables([RetiredId, BannedContent], safe=True)
+    _add_missing_columns(database, "files", "delete_token_hash")
+
+
 # Append only; never edit a migration that has shipped.
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _initial),
     (2, _thumbnails),
+    (3, _deletion),
 ]
 
 

@@ -73,7 +73,9 @@ async def test_upload_new_file_returns_201_with_the_record(http_client, base_url
         "created_at": document["created_at"],
         "thumbnail_url": None,
         "duplicate": False,
+        "delete_token": document["delete_token"],
     }
+    assert len(document["delete_token"]) >= 32
     assert len(file_id) >= 5 and file_id.isalnum()
     assert document["created_at"].endswith("Z")
 
@@ -97,6 +99,7 @@ async def test_same_bytes_under_another_name_returns_200_with_first_record(
     assert document["id"] == first["id"]
     assert document["file_name"] == "one.bin"
     assert document["duplicate"] is True
+    assert "delete_token" not in document
 
 
 @pytest.mark.gen_test

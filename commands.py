@@ -1,0 +1,218 @@
+"""Operator commands: `python server.py COMMAND`, on the same settings as the server.
+
+Output is plain text on stdout, one line per finding; the exit code says whether
+everything was fine (0), something was wrong (1), or the command could not run (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from handlers.base import Services
+from models import File
+from models import files as catalog
+from models.records import open_record, sealed_object
+from storage import IntegrityError, ObjectNotFound, StoreError
+from storage.keys import UnwrapError
+
+Command = Callable[[Services, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def parse_duration(raw: str) -> datetime.timedelta:
+    """'90s', '30m', '6h', '2d' (a bare number is seconds)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", raw)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {raw!r} (try 6h or 2d)")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return datetime.timedelta(seconds=int(match.group(1)) * unit)
+
+
+def add_commands(subparsers: Any) -> None:
+    takedown = subparsers.add_parser(
+        "takedown", help="remove a file; its ID answers 451"
+    )
+    takedown.add_argument("file_id", metavar="ID")
+    takedown.add_argument(
+        "--ban", action="store_true", help="also refuse the same bytes"
+    )
+    takedown.add_argument("--reason", default="", help="a note kept with a ban")
+    takedown.set_defaults(run=run_takedown)
+
+    scrub = subparsers.add_parser(
+        "scrub", help="authenticate every object; find orphans"
+    )
+    scrub.set_defaults(run=run_scrub)
+
+    gc = subparsers.add_parser("gc", help="remove objects no record references")
+    gc.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=parse_duration("6h"),
+        help="grace period, longer than any upload takes (default 6h)",
+    )
+    gc.set_defaults(run=run_gc)
+
+    stats = subparsers.add_parser(
+        "stats", help="totals, and a breakdown by type and size"
+    )
+    stats.set_defaults(run=run_stats)
+
+
+async def run_takedown(services: Services, arguments: argparse.Namespace) -> int:
+    database = services.database
+    record = await database.run(catalog.find, arguments.file_id)
+    if record is None:
+        say(f"{arguments.file_id}: no such file")
+        return 1
+    if arguments.ban:
+        await database.run(catalog.ban, str(record.fingerprint), arguments.reason)
+    removed = await database.run(catalog.remove, arguments.file_id, "taken_down")
+    if removed is not None:
+        await _delete_objects(services, removed)
+    say(
+        f"{arguments.file_id}: taken down"
+        + (" and its content banned" if arguments.ban else "")
+    )
+    return 0
+
+
+async def _delete_objects(services: Services, record: File) -> None:
+    for key in (record.object_key, record.thumbnail_key):
+        if key:
+            await services.store.delete(str(key))
+
+
+async def run_scrub(services: Services, arguments: argparse.Namespace) -> int:
+    records = await services.database.run(lambda: list(File.select()))
+    referenced: set[str] = set()
+    problems = 0
+    for count, record in enumerate(records, 1):
+        referenced.update(
+            str(key) for key in (record.object_key, record.thumbnail_key) if key
+        )
+        problem = await _check_record(services, record)
+        if problem:
+            problems += 1
+            say(f"{record.id}: {problem}")
+        if count % 1000 == 0:
+            say(f"... {count} of {len(records)} files checked")
+    async for info in services.store.store.list():
+        if info.key not in referenced:
+            problems += 1
+            say(f"object {info.key}: no record references it")
+    say(f"scrub: {len(records)} files, {problems} problems")
+    return 1 if problems else 0
+
+
+async def _check_record(services: Services, record: File) -> str | None:
+    """Read and authenticate every byte of the file and its thumbnail."""
+    try:
+        file = open_record(record, services.store)
+        for sealed in (sealed_object(record), file.thumbnail):
+            if sealed is not None and sealed.size > 0:
+                async for _ in services.store.read(sealed, 0, sealed.size - 1):
+                    pass
+    except ObjectNotFound:
+        return "object missing"
+    except (IntegrityError, UnwrapError) as error:
+        return f"failed authentication ({error})"
+    except StoreError as error:
+        return f"store error ({error})"
+    return None
+
+
+async def run_gc(services: Services, arguments: argparse.Namespace) -> int:
+    keys = await services.database.run(_referenced_keys)
+    cutoff = datetime.datetime.now(datetime.UTC) - arguments.older_than
+    removed = kept = 0
+    async for info in services.store.store.list():
+        if info.key in keys:
+            continue
+        if info.modified > cutoff:
+            kept += 1
+            continue
+        await services.store.delete(info.key)
+        removed += 1
+    say(
+        f"gc: removed {removed} orphan objects; kept {kept} younger than the grace period"
+    )
+    return 0
+
+
+def _referenced_keys() -> set[str]:
+    keys: set[str] = set()
+    rows: list[tuple[str, str | None]] = list(
+        File.select(File.object_key, File.thumbnail_key).tuples()  # type: ignore[arg-type]
+    )
+    for main, thumbnail in rows:
+        keys.add(str(main))
+        if thumbnail:
+            keys.add(str(thumbnail))
+    return keys
+
+
+SIZE_BANDS = [
+    (64 * 1024, "< 64 KiB"),
+    (1024 * 1024, "< 1 MiB"),
+    (10 * 1024**2, "< 10 MiB"),
+]
+
+
+async def run_stats(services: Services, arguments: argparse.Namespace) -> int:
+    totals = await services.database.run(catalog.totals)
+    say(f"files: {totals.files}")
+    say(f"views: {totals.views}")
+    say(f"bytes: {totals.storage_bytes}")
+    records = await services.database.run(lambda: list(File.select()))
+    by_type: Counter[str] = Counter()
+    by_size: Counter[str] = Counter()
+    for record in records:
+        by_type[open_record(record, services.store).mimetype] += 1
+        by_size[_size_band(int(record.size))] += 1
+    say("by type:")
+    for mimetype, count in by_type.most_common():
+        say(f"  {mimetype}: {count}")
+    say("by size:")
+    for _, band in [*SIZE_BANDS, (0, ">= 10 MiB")]:
+        say(f"  {band}: {by_size.get(band, 0)}")
+    return 0
+
+
+def _size_band(size: int) -> str:
+    for limit, band in SIZE_BANDS:
+        if size < limit:
+            return band
+    return ">= 10 MiB"
+
+
+Closer = Callable[[Services], Coroutine[Any, Any, None]]
+
+
+def run(services: Services, arguments: argparse.Namespace, close: Closer) -> int:
+    """Run the chosen command to its end, then release the services."""
+    return asyncio.run(_with_services(services, arguments, close))
+
+
+async def _with_services(
+    services: Services, arguments: argparse.Namespace, close: Closer
+) -> int:
+    command: Command = arguments.run
+    try:
+        return await command(services, arguments)
+    except StoreError as error:
+        say(f"the object store failed: {error}")
+        return 2
+    finally:
+        await close(services)
