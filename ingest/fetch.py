@@ -9,12 +9,14 @@ are followed here, one checked hop at a time, without cookies or credentials.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -114,12 +116,29 @@ def _is_public(address: IPAddress) -> bool:
     )
 
 
+def _translated(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form merely carries (mapped, compatible, NAT64):
+    for these only the IPv4 address says where the packets go."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if (address in IPV4_COMPATIBLE and int(address) > 1) or any(
+        address in prefix for prefix in NAT64_PREFIXES
+    ):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def destination_allowed(
     address: IPAddress, allow_networks: Sequence[IPNetwork]
 ) -> bool:
     """Globally routable (and so is anything tunnelled in it), or operator-allowed."""
-    if any(address.version == net.version and address in net for net in allow_networks):
+    if in_allowed_network(address, allow_networks):
         return True
+    translated = _translated(address)
+    if translated is not None:
+        return destination_allowed(translated, allow_networks)
     return all(_is_public(candidate) for candidate in embedded_addresses(address))
 
 
@@ -155,7 +174,9 @@ async def check_url(
     Raises InvalidUrl before any connection is opened when the URL or any of the
     addresses is not allowed, and FetchFailed when the host does not resolve.
     """
-    if len(url) > MAX_URL_LENGTH or any(ord(char) < 33 for char in url):
+    if len(url) > MAX_URL_LENGTH or any(
+        ord(char) < 33 or ord(char) == 127 for char in url
+    ):
         raise InvalidUrl("not a valid URL")
     try:
         parts = urlsplit(url)
@@ -168,6 +189,9 @@ async def check_url(
         raise InvalidUrl("URLs with credentials are not fetched")
     port = port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
+    if port not in policy.allow_ports and not policy.allow_networks:
+        # No network could open this port: refuse before even asking the DNS.
+        raise InvalidUrl(f"port {port} is not allowed")
 
     addresses = [_parse_address(value) for value in await resolve(host, port)]
     if not addresses:
@@ -194,7 +218,7 @@ class PinnedResolver(netutil.Resolver):
     async def resolve(
         self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
     ) -> list[tuple[int, Any]]:
-        if (host, port) != (self._hop.host, self._hop.port):
+        if (host.lower(), port) != (self._hop.host, self._hop.port):
             raise OSError(f"unexpected resolution of {host}")
         address = ipaddress.ip_address(self._hop.address)
         if isinstance(address, ipaddress.IPv6Address):
@@ -238,7 +262,8 @@ class Fetcher:
         client = SimpleAsyncHTTPClient(
             force_instance=True,
             resolver=PinnedResolver(hop=hop),
-            max_body_size=spool.limit + 1,
+            # Above our own limit, so the spool's FileTooLarge is what stops a big body.
+            max_body_size=spool.limit + 1024 * 1024,
         )
         request = httpclient.HTTPRequest(
             hop.url,
@@ -253,15 +278,15 @@ class Fetcher:
         )
         try:
             response = await client.fetch(request, raise_error=False)
-        except FileTooLarge:
-            raise
         except (OSError, httpclient.HTTPClientError, HTTPInputError) as error:
+            if reader.overflow is not None:
+                raise reader.overflow from None
             # Refused, reset, timed out, TLS failed, or a malformed response.
             raise FetchFailed(_reason(error)) from None
         finally:
             client.close()
-        if isinstance(response.error, FileTooLarge):
-            raise response.error
+        if reader.overflow is not None:
+            raise reader.overflow
         if response.code in REDIRECT_CODES and response.headers.get("Location"):
             return HopResult(str(response.headers["Location"]), None)
         if response.code == 599:
@@ -278,8 +303,17 @@ class _ResponseReader:
         self._spool = spool
         self._headers = HTTPHeaders()
         self._status = 0
+        self.overflow: FileTooLarge | None = None
 
     def header_line(self, line: str) -> None:
+        try:
+            self._header_line(line)
+        except FileTooLarge as error:
+            # Tornado swallows errors raised in its callbacks: keep ours to re-raise.
+            self.overflow = error
+            raise
+
+    def _header_line(self, line: str) -> None:
         if not self._status and line.startswith("HTTP/"):
             self._status = parse_response_start_line(line.strip()).code
             return
@@ -295,8 +329,13 @@ class _ResponseReader:
             raise FileTooLarge(f"declared {declared} bytes")
 
     def body_chunk(self, chunk: bytes) -> None:
-        if self._is_success():
+        if not self._is_success():
+            return
+        try:
             self._spool.write(chunk)
+        except FileTooLarge as error:
+            self.overflow = error
+            raise
 
     def _is_success(self) -> bool:
         return 200 <= self._status < 300
@@ -312,12 +351,18 @@ class _ResponseReader:
 
 
 def _disposition_name(header: str) -> str | None:
-    from email.message import Message
-
+    """The file name of a Content-Disposition header; filename* (RFC 5987) wins."""
     message = Message()
     message["Content-Disposition"] = header
-    name = message.get_filename()
-    return str(name) if name else None
+    params = message.get_params(header="content-disposition") or []
+    plain: str | None = None
+    for key, value in params[1:]:
+        if str(key).lower() != "filename" or not value:
+            continue
+        if isinstance(value, tuple):  # the RFC 2231 / 5987 form, filename*=
+            return str(email.utils.collapse_rfc2231_value(value))
+        plain = plain or str(value)
+    return plain
 
 
 def _reason(error: BaseException | None) -> str:
