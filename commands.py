@@ -76,9 +76,9 @@ async def run_takedown(services: Services, arguments: argparse.Namespace) -> int
     if record is None:
         say(f"{arguments.file_id}: no such file")
         return 1
-    if arguments.ban:
-        await database.run(catalog.ban, str(record.fingerprint), arguments.reason)
-    removed = await database.run(catalog.remove, arguments.file_id, "taken_down")
+    removed = await database.run(
+        catalog.take_down, arguments.file_id, arguments.ban, arguments.reason
+    )
     if removed is not None:
         await _delete_objects(services, removed)
     say(

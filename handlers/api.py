@@ -87,6 +87,7 @@ class DeleteHandler(BaseHandler):
         removed = await self.services.database.run(catalog.remove, file_id, "deleted")
         if removed is None:
             raise not_found()
+        self.services.views.forget(file_id)
         await forget_objects(self.services, removed)
         self.write({"id": file_id, "deleted": True})
 

@@ -153,9 +153,11 @@ def remove(file_id: str, reason: str) -> File | None:
         if record is None:
             return None
         File.delete().where(File.id == file_id).execute()
-        RetiredId.insert(
-            id=file_id, reason=reason, retired_at=_now()
-        ).on_conflict_replace().execute()
+        now = _now()
+        RetiredId.insert(id=file_id, reason=reason, retired_at=now).on_conflict(
+            conflict_target=[RetiredId.id],
+            update={RetiredId.reason: reason, RetiredId.retired_at: now},
+        ).execute()
         Totals.update(
             files=Totals.files - 1,
             storage_bytes=Totals.storage_bytes - record.size,
@@ -164,10 +166,23 @@ def remove(file_id: str, reason: str) -> File | None:
     return record
 
 
+def take_down(file_id: str, ban_content: bool, reason: str) -> File | None:
+    """Remove the file as taken down and, if asked, ban its content, atomically."""
+    with File._meta.database.atomic():
+        record = remove(file_id, "taken_down")
+        if record is not None and ban_content:
+            ban(str(record.fingerprint), reason)
+    return record
+
+
 def ban(fingerprint: str, reason: str) -> None:
+    now = _now()
     BannedContent.insert(
-        fingerprint=fingerprint, reason=reason[:200], banned_at=_now()
-    ).on_conflict_replace().execute()
+        fingerprint=fingerprint, reason=reason[:200], banned_at=now
+    ).on_conflict(
+        conflict_target=[BannedContent.fingerprint],
+        update={BannedContent.reason: reason[:200], BannedContent.banned_at: now},
+    ).execute()
 
 
 def is_banned(fingerprint: str) -> bool:

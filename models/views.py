@@ -25,6 +25,10 @@ class ViewCounter:
     def add(self, file_id: str) -> None:
         self._pending[file_id] += 1
 
+    def forget(self, file_id: str) -> None:
+        """Drop the pending views of a file that is gone."""
+        self._pending.pop(file_id, None)
+
     def pending(self, file_id: str) -> int:
         return self._pending.get(file_id, 0)
 
