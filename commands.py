@@ -9,18 +9,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from handlers.base import Services
-from models import File
+from models import File, Secret
 from models import files as catalog
 from models.records import open_record, sealed_object
 from storage import IntegrityError, ObjectNotFound, StoreError
-from storage.keys import UnwrapError
+from storage.keys import (
+    KEY_FILE_NAME,
+    OLD_KEY_PATTERN,
+    Keyring,
+    MasterKey,
+    UnwrapError,
+    key_id_of,
+    write_key_file,
+)
 
 Command = Callable[[Services, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -63,6 +73,17 @@ def add_commands(subparsers: Any) -> None:
         help="grace period, longer than any upload takes (default 6h)",
     )
     gc.set_defaults(run=run_gc)
+
+    rotate = subparsers.add_parser(
+        "rotate-key", help="re-wrap every data key under a new master key"
+    )
+    rotate.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="seconds to let running servers load the new key (default 5)",
+    )
+    rotate.set_defaults(run=run_rotate_key)
 
     stats = subparsers.add_parser(
         "stats", help="totals, and a breakdown by type and size"
@@ -161,6 +182,123 @@ def _referenced_keys() -> set[str]:
         if thumbnail:
             keys.add(str(thumbnail))
     return keys
+
+
+BATCH = 1000
+
+
+async def run_rotate_key(services: Services, arguments: argparse.Namespace) -> int:
+    """Rotate the master key: objects stay as they are, only wrapped keys change.
+
+    With key files, a new master.key is made and the old one kept as
+    master-<id>.key until nothing uses it; a re-run continues a rotation that
+    was interrupted. With IMGYX_MASTER_KEY, the new key is IMGYX_MASTER_KEY and the
+    old ones are IMGYX_OLD_MASTER_KEYS.
+    """
+    keyring: Keyring = services.store.master
+    settings = services.settings
+    if settings.master_key is None and not _rotation_in_progress(settings.data_dir):
+        _begin_file_rotation(settings.data_dir, keyring.current)
+        keyring.refresh()
+        say(f"new master key {keyring.current.key_id.hex()}; waiting "
+            f"{arguments.settle:.0f} s for running servers to load it")  # fmt: skip
+        await asyncio.sleep(arguments.settle)
+    rewrapped = await services.database.run(_rewrap_secret, keyring)
+    after = ""
+    while True:
+        after, count, changed = await services.database.run(
+            _rewrap_batch, keyring, after
+        )
+        rewrapped += changed
+        if count < BATCH:
+            break
+        say(f"... re-wrapped {rewrapped} keys so far")
+    in_use = await services.database.run(_key_ids_in_use)
+    say(f"rotate-key: re-wrapped {rewrapped} keys under {keyring.current.key_id.hex()}")
+    return _retire(settings, keyring, in_use)
+
+
+def _rotation_in_progress(data_dir: Path) -> bool:
+    return any(data_dir.glob(OLD_KEY_PATTERN))
+
+
+def _begin_file_rotation(data_dir: Path, current: MasterKey) -> None:
+    old_secret = bytes.fromhex((data_dir / KEY_FILE_NAME).read_text().strip())
+    write_key_file(data_dir / f"master-{current.key_id.hex()}.key", old_secret)
+    write_key_file(data_dir / KEY_FILE_NAME, os.urandom(32))
+
+
+def _rewrap(keyring: Keyring, wrapped: bytes, context: bytes) -> bytes | None:
+    if key_id_of(wrapped) == keyring.current.key_id:
+        return None
+    return keyring.wrap(keyring.unwrap(wrapped, context), context)
+
+
+def _rewrap_secret(keyring: Keyring) -> int:
+    row = Secret.get(Secret.name == "deployment")
+    new = _rewrap(keyring, bytes(row.wrapped), b"deployment")
+    if new is None:
+        return 0
+    Secret.update(wrapped=new).where(
+        (Secret.name == "deployment") & (Secret.wrapped == row.wrapped)
+    ).execute()
+    return 1
+
+
+def _rewrap_batch(keyring: Keyring, after: str) -> tuple[str, int, int]:
+    """Re-wrap one batch of records (by ID order); returns (last ID, rows, changed)."""
+    rows = list(File.select().where(File.id > after).order_by(File.id).limit(BATCH))
+    changed = 0
+    for row in rows:
+        updates: dict[Any, bytes] = {}
+        main = _rewrap(keyring, bytes(row.wrapped_key), str(row.object_key).encode())
+        if main is not None:
+            updates[File.wrapped_key] = main
+        if row.thumbnail_key and row.thumbnail_wrapped_key:
+            context = str(row.thumbnail_key).encode()
+            thumbnail = _rewrap(keyring, bytes(row.thumbnail_wrapped_key), context)
+            if thumbnail is not None:
+                updates[File.thumbnail_wrapped_key] = thumbnail
+        if updates:
+            # Only if nobody changed the row meanwhile: a re-run picks up the rest.
+            File.update(updates).where(
+                (File.id == row.id) & (File.wrapped_key == row.wrapped_key)
+            ).execute()
+            changed += len(updates)
+    return (str(rows[-1].id) if rows else after), len(rows), changed
+
+
+def _key_ids_in_use() -> set[bytes]:
+    used = {key_id_of(bytes(Secret.get(Secret.name == "deployment").wrapped))}
+    rows: list[tuple[bytes, bytes | None]] = list(
+        File.select(File.wrapped_key, File.thumbnail_wrapped_key).tuples()  # type: ignore[arg-type]
+    )
+    for main, thumbnail in rows:
+        used.add(key_id_of(bytes(main)))
+        if thumbnail:
+            used.add(key_id_of(bytes(thumbnail)))
+    return used
+
+
+def _retire(settings: Any, keyring: Keyring, in_use: set[bytes]) -> int:
+    """Retire older keys nothing uses any more; exit 1 if some are still in use."""
+    still_used = in_use - {keyring.current.key_id}
+    if settings.master_key is None:
+        for path in sorted(settings.data_dir.glob(OLD_KEY_PATTERN)):
+            key_id = path.stem.removeprefix("master-")
+            if bytes.fromhex(key_id) not in still_used:
+                path.unlink()
+                say(f"retired old master key {key_id}")
+    else:
+        for key_id in sorted(keyring.key_ids - {keyring.current.key_id} - still_used):
+            say(f"old master key {key_id.hex()} is no longer used: remove it from "
+                "IMGYX_OLD_MASTER_KEYS")  # fmt: skip
+    if still_used:
+        say(
+            f"still in use: {', '.join(sorted(k.hex() for k in still_used))}; run again"
+        )
+        return 1
+    return 0
 
 
 SIZE_BANDS = [

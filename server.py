@@ -29,9 +29,9 @@ from models.views import ViewCounter
 from storage import SealedStore, StoreError, make_store
 from storage.keys import (
     DeploymentKeys,
-    MasterKey,
+    Keyring,
     UnwrapError,
-    load_or_create_master_key,
+    file_keyring_loader,
 )
 
 logger = logging.getLogger("imgyx.server")
@@ -93,16 +93,22 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level_number)
 
 
-def prepare_data(settings: Settings) -> tuple[MasterKey, bytes]:
+def open_keyring(settings: Settings) -> Keyring:
+    """The configured master key (and older ones), else the key files in the data folder."""
+    if settings.master_key is not None:
+        configured = settings.master_key
+        return Keyring(lambda: (configured, list(settings.old_master_keys)))
+    return Keyring(file_keyring_loader(settings.data_dir))
+
+
+def prepare_data(settings: Settings) -> tuple[Keyring, bytes]:
     """Make the data folder, the master key and the schema; once, before any fork.
 
     Returns the master key and the deployment secret. Raises SettingsError when the
     master key cannot open this database.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    master = MasterKey(
-        load_or_create_master_key(settings.master_key, settings.data_dir)
-    )
+    master = open_keyring(settings)
     try:
         database = open_database(settings)
     except ValueError as error:
@@ -131,7 +137,7 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
     )
 
 
-def open_services(settings: Settings, master: MasterKey, secret: bytes) -> Services:
+def open_services(settings: Settings, master: Keyring, secret: bytes) -> Services:
     database = Database(open_database(settings))
     store = SealedStore(make_store(settings), master)
     keys = DeploymentKeys(secret)
@@ -173,6 +179,7 @@ async def prepare_store(services: Services) -> None:
 async def housekeeping(services: Services) -> None:
     """Every couple of seconds: write view counts, drop expired rate windows."""
     await services.views.flush()
+    services.store.master.refresh()  # pick up a master-key rotation in progress
     if not services.store_ready:
         await prepare_store(services)
     try:
@@ -192,7 +199,7 @@ def make_http_server(services: Services) -> httpserver.HTTPServer:
 
 
 async def serve(
-    settings: Settings, sockets: list[socket.socket], secrets: tuple[MasterKey, bytes]
+    settings: Settings, sockets: list[socket.socket], secrets: tuple[Keyring, bytes]
 ) -> None:
     services = open_services(settings, *secrets)
     await prepare_store(services)

@@ -221,6 +221,17 @@ class Settings:
         parse_bool,
     )
     s3_region: str = setting("", "S3 region; empty lets the client ask.", parse_str)
+    old_master_keys: tuple[bytes, ...] = setting(
+        (),
+        "Earlier master keys (base64, comma separated) that still unwrap data keys "
+        "while rotate-key re-wraps them; remove each once rotate-key says so.",
+        lambda raw: tuple(
+            key
+            for part in raw.split(",")
+            if (key := parse_master_key(part)) is not None
+        ),
+        shown="",
+    )
     spool_dir: Path | None = setting(
         None,
         "Folder for uploads in progress; empty means the system temporary folder. "

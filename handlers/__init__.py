@@ -16,7 +16,13 @@ from handlers.api import (
 )
 from handlers.base import NotFoundHandler, Services, log_request
 from handlers.files import ID_PATTERN, RAW_ROUTE, RawFileHandler, ThumbnailHandler
-from handlers.pages import DocsHandler, HomeHandler, PreviewHandler, ShareXHandler
+from handlers.pages import (
+    DocsHandler,
+    FormUploadHandler,
+    HomeHandler,
+    PreviewHandler,
+    ShareXHandler,
+)
 from handlers.upload import UploadHandler
 
 __all__ = ["Services", "make_app"]
@@ -30,6 +36,7 @@ def make_app(services: Services) -> web.Application:
         (r"/", HomeHandler),
         (r"/docs", DocsHandler),
         (r"/sharex\.sxcu", ShareXHandler),
+        (r"/upload", FormUploadHandler),
         (r"/api/upload", UploadHandler),
         (r"/api/info", InfoHandler),
         (r"/api/stats", StatsHandler),

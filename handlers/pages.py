@@ -7,6 +7,7 @@ Content-Security-Policy: scripts and styles load from /static/ only, never inlin
 from __future__ import annotations
 
 import asyncio
+import codecs
 import functools
 import html
 import json
@@ -25,18 +26,10 @@ from pygments.lexers import TextLexer, get_lexer_for_filename, get_lexer_for_mim
 from pygments.util import ClassNotFound
 from tornado import web
 
-from handlers.base import (
-    ApiError,
-    BaseHandler,
-    absolute,
-    not_found,
-    raw_url,
-    thumbnail_url,
-)
+from handlers.base import ApiError, BaseHandler, absolute, raw_url, thumbnail_url
 from handlers.content import RASTER_IMAGES
 from handlers.upload import UploadHandler
-from models import files as catalog
-from models.records import FileView, open_record
+from models.records import FileView
 from storage import StoreError
 
 # Text previews read and highlight at most this much of a file.
@@ -65,7 +58,6 @@ TEXT_APPLICATIONS = frozenset({"application/x-sh", "application/x-httpd-php"})
 # A Host header we are willing to repeat inside the policy header.
 SAFE_HOST = re.compile(r"\A(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?\Z")
 BBCODE_BRACKETS = re.compile(r"[\[\]]")
-HIGHLIGHTER = HtmlFormatter(cssclass="highlight", wrapcode=True)
 
 
 @functools.cache
@@ -135,20 +127,23 @@ def describe(mimetype: str) -> str:
 
 
 def choose_lexer(file_name: str, mimetype: str) -> Lexer:
+    lexer: Lexer
     try:
-        return get_lexer_for_filename(file_name, stripnl=False)
+        lexer = get_lexer_for_filename(file_name, stripnl=False)
     except ClassNotFound:
-        pass
-    try:
-        return get_lexer_for_mimetype(mimetype, stripnl=False)
-    except ClassNotFound:
-        return TextLexer(stripnl=False)
+        try:
+            lexer = get_lexer_for_mimetype(mimetype, stripnl=False)
+        except ClassNotFound:
+            lexer = TextLexer(stripnl=False)
+    return lexer
 
 
 def highlight_text(text: str, file_name: str, mimetype: str) -> tuple[Markup, str]:
     """Pygments' HTML (it escapes the text) and the name of the language."""
     lexer = choose_lexer(file_name, mimetype)
-    return Markup(highlight(text, lexer, HIGHLIGHTER)), lexer.name
+    # A formatter per call: highlighting runs on executor threads.
+    code = highlight(text, lexer, HtmlFormatter(cssclass="highlight", wrapcode=True))
+    return Markup(code), lexer.name  # noqa: S704 (escaped by Pygments' formatter)
 
 
 def markdown_label(name: str) -> str:
@@ -195,6 +190,21 @@ def sharex_config(base: str, content_url: str) -> dict[str, Any]:
     }
 
 
+ERROR_TITLES = {
+    400: "That did not work",
+    404: "Not found",
+    413: "File too large",
+    429: "Too many uploads",
+    451: "Taken down",
+}
+
+
+def error_title(status: int) -> str:
+    if status >= 500:
+        return "Something went wrong"
+    return ERROR_TITLES.get(status) or HTTPStatus(status).phrase.capitalize()
+
+
 def error_message(status: int, error: BaseException | None) -> str:
     if isinstance(error, ApiError):
         return error.message
@@ -205,15 +215,15 @@ def error_message(status: int, error: BaseException | None) -> str:
     return "Something went wrong on our side; please try again."
 
 
+def public_base(handler: BaseHandler) -> str:
+    """The base URL of the instance: IMGYX_PUBLIC_URL, else the request's own."""
+    request = handler.request
+    own = f"{request.protocol}://{request.host}"
+    return handler.services.settings.public_url or own
+
+
 class PageHandler(BaseHandler):
     """Renders templates under the page policy; errors become HTML pages."""
-
-    @property
-    def base(self) -> str:
-        """The public base URL of the instance: IMGYX_PUBLIC_URL, else the request's."""
-        request = self.request
-        own = f"{request.protocol}://{request.host}"
-        return self.services.settings.public_url or own
 
     def page_policy(self, pdf: bool = False) -> str:
         settings = self.services.settings
@@ -224,11 +234,13 @@ class PageHandler(BaseHandler):
         # Paths narrow 'self': uploaded files (at /ID) can never run as our scripts.
         code = " ".join(sorted(static)) or "'self'"
         media = f"'self' {settings.content_url}".strip()
-        # Only a PDF preview embeds anything, and only our own raw file.
+        # Only a PDF preview embeds anything (Chromium checks the <object> as a frame
+        # too), and only from our own origins.
         objects = media if pdf else "'none'"
         return (
             f"default-src 'none'; script-src {code}; style-src {code}; "
             f"img-src {media}; media-src {media}; object-src {objects}; "
+            f"frame-src {objects}; "
             "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
             "base-uri 'none'"
         )
@@ -252,8 +264,8 @@ class PageHandler(BaseHandler):
         self.render_page(
             "error.html",
             status_code,
-            status=status_code,
-            title=HTTPStatus(status_code).phrase,
+            code=status_code,
+            title=error_title(status_code),
             message=error_message(status_code, error),
         )
 
@@ -265,10 +277,7 @@ class HomeHandler(PageHandler):
 
 class PreviewHandler(PageHandler):
     async def get(self, file_id: str) -> None:
-        record = await self.services.database.run(catalog.find, file_id)
-        if record is None:
-            raise not_found()
-        file = open_record(record, self.services.store)
+        file = await self.find_file(file_id)
         kind = preview_kind(file.mimetype, file.size)
         text = await self._text(file) if kind == "text" else {}
         self.services.views.add(file.id)
@@ -281,7 +290,9 @@ class PreviewHandler(PageHandler):
         reader = self.services.store.read(file.sealed, 0, shown - 1)
         async with aclosing(reader) as chunks:
             data = b"".join([chunk async for chunk in chunks])
-        text = data.decode("utf-8", errors="replace")
+        # A cut may split a character: drop its first bytes rather than show U+FFFD.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = decoder.decode(data, final=shown == file.size)
         # Highlighting is pure CPU: keep it off the IO loop.
         code, language = await asyncio.get_running_loop().run_in_executor(
             None, highlight_text, text, file.name, file.mimetype
@@ -290,36 +301,37 @@ class PreviewHandler(PageHandler):
 
     def _context(self, file: FileView, kind: str) -> dict[str, Any]:
         settings = self.services.settings
+        base = public_base(self)
         raw = raw_url(settings, file.id)
         thumbnail = thumbnail_url(settings, file)
-        raw_absolute = absolute(settings, self.base, raw)
-        page_absolute = absolute(settings, self.base, f"/p/{file.id}")
+        raw_absolute = absolute(settings, base, raw)
+        page_absolute = absolute(settings, base, f"/p/{file.id}")
         picture = thumbnail or (raw if kind == "image" else None)
         return {
             "file": file,
             "kind": kind,
-            "icon": icon_kind(file.mimetype),
+            "icon_name": icon_kind(file.mimetype),
             "description": describe(file.mimetype),
             "views": file.views + self.services.views.pending(file.id),
             "raw": raw,
             "image_src": thumbnail or raw,
             "raw_absolute": raw_absolute,
             "page_absolute": page_absolute,
-            "picture_absolute": picture and absolute(settings, self.base, picture),
+            "picture_absolute": picture and absolute(settings, base, picture),
             "snippets": embed_snippets(file.name, kind, raw_absolute, page_absolute),
-            "text_limit": TEXT_PREVIEW_BYTES,
         }
 
 
 class DocsHandler(PageHandler):
     def get(self) -> None:
-        self.render_page("docs.html", base=self.base, settings=self.services.settings)
+        settings = self.services.settings
+        self.render_page("docs.html", base=public_base(self), settings=settings)
 
 
 class ShareXHandler(BaseHandler):
     def get(self) -> None:
         settings = self.services.settings
-        base = settings.public_url or f"{self.request.protocol}://{self.request.host}"
+        base = public_base(self)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Content-Disposition", 'attachment; filename="imgyx.sxcu"')
         self.write(json.dumps(sharex_config(base, settings.content_url), indent=2))

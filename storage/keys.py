@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "master.key"
+OLD_KEY_PATTERN = "master-*.key"
 WRAP_FORMAT = 1
 KEY_ID_SIZE = 4
 NONCE_SIZE = 12
@@ -110,6 +112,72 @@ class MasterKey:
     @staticmethod
     def _aad(context: bytes) -> bytes:
         return b"imgyx wrapped key\x00" + context
+
+
+def key_id_of(wrapped: bytes) -> bytes:
+    """Which master key wrapped this blob."""
+    return bytes(wrapped[1 : 1 + KEY_ID_SIZE])
+
+
+class Keyring:
+    """The current master key (wraps everything new) and older ones (unwrap only).
+
+    Key rotation adds a new current key and re-wraps every blob; until it is done,
+    blobs under either key open. `refresh()` re-reads the keys from their source,
+    so a long-running server picks up a rotation that another process started.
+    """
+
+    def __init__(self, load: Callable[[], tuple[bytes, list[bytes]]]) -> None:
+        self._load = load
+        self.refresh()
+
+    def refresh(self) -> None:
+        current, older = self._load()
+        self.current = MasterKey(current)
+        self._keys = {self.current.key_id: self.current}
+        for secret in older:
+            key = MasterKey(secret)
+            self._keys.setdefault(key.key_id, key)
+
+    @property
+    def key_ids(self) -> set[bytes]:
+        return set(self._keys)
+
+    def wrap(self, key: bytes, context: bytes) -> bytes:
+        return self.current.wrap(key, context)
+
+    def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        master = self._keys.get(key_id_of(wrapped))
+        if master is None:
+            self.refresh()  # perhaps a rotation began since we loaded the keys
+            master = self._keys.get(key_id_of(wrapped))
+        if master is None:
+            raise UnwrapError("wrapped under a master key this server does not have")
+        return master.unwrap(wrapped, context)
+
+
+def file_keyring_loader(data_dir: Path) -> Callable[[], tuple[bytes, list[bytes]]]:
+    """Keys from the data folder: master.key is current, master-*.key are older."""
+
+    def load() -> tuple[bytes, list[bytes]]:
+        current = load_or_create_master_key(None, data_dir)
+        older = [
+            _read_key_file(path) for path in sorted(data_dir.glob(OLD_KEY_PATTERN))
+        ]
+        return current, older
+
+    return load
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Write a key file whole, mode 0600, and move it into place atomically."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.hex().encode() + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    temp.replace(path)
 
 
 class DeploymentKeys:

@@ -21,7 +21,7 @@ from storage.crypto import (
     locate,
     new_data_key,
 )
-from storage.keys import MasterKey, derive
+from storage.keys import Keyring, derive
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SealedStore:
     object key as context, so a wrapped key moved to another record does not unwrap.
     """
 
-    def __init__(self, store: Store, master: MasterKey) -> None:
+    def __init__(self, store: Store, master: Keyring) -> None:
         self.store = store
         self.master = master
 
