@@ -8,15 +8,19 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from tornado import httpserver, ioloop, netutil
 
 import commands
 import config
+import metrics
 from config import Settings, SettingsError
 from handlers import Services, make_app
 from ingest import Ingestor
@@ -138,6 +142,7 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
 
 
 def open_services(settings: Settings, master: Keyring, secret: bytes) -> Services:
+    metrics.setup(None)  # no-op when main() already set up shared metrics
     database = Database(open_database(settings))
     store = SealedStore(make_store(settings), master)
     keys = DeploymentKeys(secret)
@@ -255,8 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = sockets[0].getsockname()[1]
     logger.info("imgyx listening on http://%s:%d", settings.host, port)
     workers = settings.processes or os.cpu_count() or 1
+    shared = Path(tempfile.mkdtemp(prefix="imgyx-metrics-")) if workers > 1 else None
+    metrics.setup(shared)
     if workers > 1 and not fork_workers(workers):
-        return supervise()
+        try:
+            return supervise()
+        finally:
+            shutil.rmtree(shared or "", ignore_errors=True)
     asyncio.run(serve(settings, sockets, secrets))
     return 0
 

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Awaitable
 
+import metrics
 from handlers.base import (
     ApiError,
     BaseHandler,
@@ -138,3 +139,15 @@ class ReadyHandler(BaseHandler):
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return "error"
         return "ok"
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics: Prometheus exposition, summed over every worker."""
+
+    def get(self) -> None:
+        if not metrics.enabled():
+            raise not_found()
+        body, content_type = metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.set_header("Cache-Control", "no-store")
+        self.write(body)

@@ -10,6 +10,7 @@ from typing import Any
 
 from tornado import iostream, web
 
+import metrics
 from config import Settings
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchSlots
@@ -125,6 +126,15 @@ class BaseHandler(web.RequestHandler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.clear_header("Server")
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler answers (for the Allow header of a 405)."""
+        unimplemented = web.RequestHandler._unimplemented_method
+        return [
+            method
+            for method in self.SUPPORTED_METHODS
+            if getattr(type(self), method.lower(), unimplemented) is not unimplemented
+        ]
+
     def compute_etag(self) -> None:
         # Tornado would hash the buffered body; streamed files set their own ETag.
         return None
@@ -162,6 +172,9 @@ class BaseHandler(web.RequestHandler):
                 self.set_header(name, value)
         elif isinstance(error, StoreError):
             code, message = "STORAGE_ERROR", "The file store failed; try again later."
+        elif status_code == 405:
+            code, message = "METHOD_NOT_ALLOWED", "This method is not allowed here."
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         elif status_code >= 500:
             code, message = (
                 self.internal_error_code,
@@ -217,11 +230,20 @@ class NotFoundHandler(BaseHandler):
 def log_request(handler: web.RequestHandler) -> None:
     """One access-log line per request, without the client address or query."""
     request = handler.request
+    status = handler.get_status()
+    received = getattr(handler, "_received", None)
+    if received is None:
+        received = len(request.body) if isinstance(request.body, bytes) else 0
+    metrics.request(
+        type(handler).__name__, status, received, getattr(handler, "bytes_sent", 0)
+    )
+    if request.path == "/api/upload" and request.method == "POST":
+        metrics.upload_answered(request.request_time())
     access_logger.info(
         "%s %s %d %d %.1fms",
         request.method,
         request.path,
-        handler.get_status(),
+        status,
         getattr(handler, "bytes_sent", 0),
         1000.0 * request.request_time(),
     )

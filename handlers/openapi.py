@@ -139,6 +139,74 @@ def _raw_path() -> dict[str, Any]:
     }
 
 
+def _thumbnail_path() -> dict[str, Any]:
+    image = {
+        "description": "The thumbnail",
+        "content": {"image/*": {"schema": {"type": "string"}}},
+    }
+    return {
+        "get": {
+            "summary": "The thumbnail of an image (at most 480 px)",
+            "operationId": "thumbnail",
+            "parameters": [ID_PARAMETER],
+            "responses": {
+                "200": image,
+                "304": {"description": "Not modified"},
+                **_errors(404, 451, 502),
+            },
+        }
+    }
+
+
+def _delete_path() -> dict[str, Any]:
+    token = {
+        "name": "X-Delete-Token",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    deleted = {
+        "type": "object",
+        "required": ["id", "deleted"],
+        "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}},
+    }
+    return {
+        "delete": {
+            "summary": "Delete a file with the token its upload answer carried",
+            "operationId": "delete",
+            "parameters": [ID_PARAMETER, token],
+            "responses": {"200": _json(deleted, "Deleted"), **_errors(403, 404, 500)},
+        }
+    }
+
+
+def _health_paths() -> dict[str, Any]:
+    status = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    }
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "The process answers",
+                "operationId": "healthz",
+                "responses": {"200": _json(status, "Alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "The database and the store answer",
+                "operationId": "readyz",
+                "responses": {
+                    "200": _json(status, "Ready"),
+                    "503": _json(status, "Not ready"),
+                },
+            }
+        },
+    }
+
+
 def _schemas() -> dict[str, Any]:
     upload_fields = {
         "id": {"type": "string"},
@@ -216,7 +284,10 @@ def openapi_document(settings: Settings, base_url: str) -> dict[str, Any]:
             "/api/upload": _upload_path(settings),
             "/api/info": _info_path(),
             "/api/stats": _stats_path(),
+            "/api/files/{id}": _delete_path(),
             "/{id}": _raw_path(),
+            "/t/{id}": _thumbnail_path(),
+            **_health_paths(),
         },
         "components": {"schemas": _schemas()},
     }

@@ -9,6 +9,7 @@ from typing import Any, cast
 from tornado import web
 from tornado.http1connection import HTTP1Connection
 
+import metrics
 from config import Settings
 from handlers.base import ApiError, BaseHandler, raw_url, thumbnail_url
 from handlers.clients import client_address, client_key
@@ -61,12 +62,13 @@ def too_large(limit: int) -> ApiError:
 class UploadHandler(BaseHandler):
     internal_error_code = "UPLOAD_FAILED"
 
+    _reader: MultipartReader | None = None
+    _json: bytearray | None = None
+    _received = 0
+    _body_limit = JSON_LIMIT
+    _client = ""
+
     async def prepare(self) -> None:
-        self._reader: MultipartReader | None = None
-        self._json: bytearray | None = None
-        self._received = 0
-        self._body_limit = JSON_LIMIT
-        self._client = ""
         if self.request.method != "POST":
             return
         kind = body_kind(self.request.headers.get("Content-Type"))
@@ -133,6 +135,7 @@ class UploadHandler(BaseHandler):
             "X-RateLimit-Reset": str(verdict.reset_seconds),
         }
         if not verdict.allowed:
+            metrics.rate_limited()
             headers["Retry-After"] = str(verdict.reset_seconds)
             raise ApiError(
                 429,

@@ -8,6 +8,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+import metrics
 from config import Settings
 from ingest import mime
 from ingest.spool import Spool
@@ -78,6 +79,7 @@ class Ingestor:
         mimetype = mime.detect(bytes(spool.head))
         existing = await self._database.run(catalog.find_by_fingerprint, fingerprint)
         if existing is not None:
+            metrics.dedup_hit()
             return Stored(open_record(existing, self._store), created=False)
 
         put: list[SealedObject] = []
@@ -123,6 +125,7 @@ class Ingestor:
                 continue
             except catalog.DuplicateContent as duplicate:
                 # Another upload of the same bytes won the race: use its record.
+                metrics.dedup_hit()
                 await self._forget(put)
                 return Stored(
                     open_record(duplicate.existing, self._store), created=False

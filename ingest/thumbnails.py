@@ -17,9 +17,13 @@ from pathlib import Path
 
 from PIL import Image, features
 
+import metrics
+
 logger = logging.getLogger(__name__)
 
 MAX_SIDE = 480
+# Larger images (over 40 megapixels) get no thumbnail.
+MAX_PIXELS = 40_000_000
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"}) | (
     frozenset({"AVIF"}) if features.check("avif") else frozenset()
 )
@@ -49,6 +53,10 @@ def render(path: Path, max_side: int = MAX_SIDE) -> Thumbnail:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path, formats=sorted(ALLOWED_FORMATS)) as image:
+            # Checked by hand too: the warning filter above is process-wide, and a
+            # tiny file can declare a canvas that takes seconds and gigabytes to fill.
+            if image.width * image.height > MAX_PIXELS:
+                raise Image.DecompressionBombError("too many pixels for a thumbnail")
             if image.format == "JPEG":
                 # Decode at a reduced scale straight away: far faster for big photos.
                 image.draft("RGB", (max_side, max_side))
@@ -109,9 +117,10 @@ class Thumbnailer:
         try:
             return await asyncio.wait_for(work, self._timeout)
         except TimeoutError:
-            logger.warning("thumbnail took longer than %.0f s; skipped", self._timeout)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning, MemoryError, EOFError) as error:  # fmt: skip
+            metrics.thumbnail_failed()
+            logger.warning("thumbnail took longer than %.2f s; skipped", self._timeout)
+        except Exception as error:  # noqa: BLE001 - any failure means "no thumbnail"
+            metrics.thumbnail_failed()
             logger.info("no thumbnail: %s", type(error).__name__)
         return None
 

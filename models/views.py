@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+import metrics
 from models import Database
 from models import files as catalog
 
@@ -37,10 +38,12 @@ class ViewCounter:
 
     async def flush(self) -> None:
         if not self._pending:
+            metrics.views_flushed()  # nothing waits to be written: no lag
             return
         batch, self._pending = self._pending, Counter()
         try:
             await self._database.run(catalog.add_views, dict(batch))
+            metrics.views_flushed()
         except Exception:
             logger.exception("could not write %d view counts; keeping them", len(batch))
             batch.update(self._pending)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+import metrics
 from storage.base import Store, new_object_key
 from storage.crypto import (
     EncryptingReader,
@@ -48,7 +51,7 @@ class SealedStore:
         """Encrypt the `size` bytes of the file at `path` into a new object."""
         key = new_object_key()
         data_key = new_data_key()
-        with open(path, "rb") as plaintext:
+        with open(path, "rb") as plaintext, measured("put"):
             reader = EncryptingReader(plaintext, size, data_key)
             await self.store.put(key, reader, reader.length)
         return SealedObject(key, self.master.wrap(data_key, key.encode()), size)
@@ -58,7 +61,8 @@ class SealedStore:
         key = new_object_key()
         data_key = new_data_key()
         reader = EncryptingReader(io.BytesIO(data), len(data), data_key)
-        await self.store.put(key, reader, reader.length)
+        with measured("put"):
+            await self.store.put(key, reader, reader.length)
         return SealedObject(key, self.master.wrap(data_key, key.encode()), len(data))
 
     async def read_all(self, sealed: SealedObject) -> bytes:
@@ -84,7 +88,20 @@ class SealedStore:
         return decrypt_range(chunks, self.data_key(sealed), sealed.size, start, end)
 
     async def delete(self, key: str) -> None:
-        await self.store.delete(key)
+        with measured("delete"):
+            await self.store.delete(key)
+
+
+@contextlib.contextmanager
+def measured(operation: str) -> Iterator[None]:
+    """Time a store call for the metrics, and count it if it fails."""
+    started = time.monotonic()
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        metrics.store_call(operation, time.monotonic() - started, failed)
 
 
 def seal_metadata(data_key: bytes, context: bytes, fields: dict[str, Any]) -> bytes:
