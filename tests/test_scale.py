@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,22 @@ def json_of(server: Server, path: str) -> dict[str, Any]:
     assert status == 200, answer
     document: dict[str, Any] = json.loads(answer)
     return document
+
+
+def children_after_fork(server: Server, expected: int) -> list[str]:
+    """The server's child processes, once `expected` are there or after 10 s: it
+    logs its address before it forks."""
+    deadline = time.monotonic() + 10
+    while True:
+        children = subprocess.run(
+            ["ps", "--ppid", str(server.process.pid), "-o", "pid="],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if len(children) >= expected or time.monotonic() > deadline:
+            return children
+        time.sleep(0.05)
 
 
 def test_two_processes_migrating_a_new_database_at_once_both_succeed(
@@ -270,13 +287,7 @@ def test_forked_workers_on_postgresql_and_s3_serve_as_one(
     start_servers, postgres_server
 ):
     (server,) = start_servers("workers", IMGYX_PROCESSES="2")
-    workers = subprocess.run(
-        ["ps", "--ppid", str(server.process.pid), "-o", "pid="],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert len(workers) == 2
+    assert len(children_after_fork(server, 2)) == 2
     contents = [payload(3000 + index * 101, seed=60 + index) for index in range(10)]
     with ThreadPoolExecutor(4) as pool:
         stored = list(
