@@ -197,7 +197,9 @@ async def run_rotate_key(services: Services, arguments: argparse.Namespace) -> i
     """
     keyring: Keyring = services.store.master
     settings = services.settings
-    if settings.master_key is None and not _rotation_in_progress(settings.data_dir):
+    if settings.master_key is None and not _rotation_in_progress(
+        settings.data_dir, keyring.current
+    ):
         _begin_file_rotation(settings.data_dir, keyring.current)
         keyring.refresh()
         say(f"new master key {keyring.current.key_id.hex()}; waiting "
@@ -218,8 +220,19 @@ async def run_rotate_key(services: Services, arguments: argparse.Namespace) -> i
     return _retire(settings, keyring, in_use)
 
 
-def _rotation_in_progress(data_dir: Path) -> bool:
-    return any(data_dir.glob(OLD_KEY_PATTERN))
+def _rotation_in_progress(data_dir: Path, current: MasterKey) -> bool:
+    """An older key file other than the current key means a rotation to finish.
+
+    A file holding the current key is what an interrupted start leaves behind
+    (the old key saved, the new one not yet written): drop it and start anew.
+    """
+    in_progress = False
+    for path in data_dir.glob(OLD_KEY_PATTERN):
+        if path.stem.removeprefix("master-") == current.key_id.hex():
+            path.unlink()
+        else:
+            in_progress = True
+    return in_progress
 
 
 def _begin_file_rotation(data_dir: Path, current: MasterKey) -> None:
@@ -351,6 +364,10 @@ async def _with_services(
         return await command(services, arguments)
     except StoreError as error:
         say(f"the object store failed: {error}")
+        return 2
+    except UnwrapError as error:
+        say(f"a data key would not unwrap: {error}. Give every master key still in "
+            "use (IMGYX_OLD_MASTER_KEYS, or its master-<id>.key file) and run again.")  # fmt: skip
         return 2
     finally:
         await close(services)

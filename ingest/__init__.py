@@ -99,6 +99,9 @@ class Ingestor:
     async def _record(
         self, put: list[SealedObject], fingerprint: str, fields: dict[str, str]
     ) -> Stored:
+        # Wrapped again now, under the current master key: a key rotation may have
+        # begun while this upload was being stored.
+        put[:] = [self._store.rewrap(item) for item in put]
         sealed = put[0]
         data_key = self._store.data_key(sealed)
         thumbnail = put[1] if len(put) > 1 else None

@@ -152,7 +152,8 @@ class Keyring:
             self.refresh()  # perhaps a rotation began since we loaded the keys
             master = self._keys.get(key_id_of(wrapped))
         if master is None:
-            raise UnwrapError("wrapped under a master key this server does not have")
+            missing = key_id_of(wrapped).hex()
+            raise UnwrapError(f"wrapped under master key {missing}, which is not given")
         return master.unwrap(wrapped, context)
 
 

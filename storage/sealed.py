@@ -72,6 +72,14 @@ class SealedStore:
         chunks = [chunk async for chunk in self.read(sealed, 0, sealed.size - 1)]
         return b"".join(chunks)
 
+    def rewrap(self, sealed: SealedObject) -> SealedObject:
+        """The same object with its data key wrapped under the current master key."""
+        context = sealed.key.encode()
+        wrapped = self.master.wrap(
+            self.master.unwrap(sealed.wrapped_key, context), context
+        )
+        return SealedObject(sealed.key, wrapped, sealed.size)
+
     def data_key(self, sealed: SealedObject) -> bytes:
         return self.master.unwrap(sealed.wrapped_key, sealed.key.encode())
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +23,49 @@ TEST_LIMIT = 200_000
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "settings(**values): override test settings")
+
+
+# Every asyncio loop made during the tests, so stray ones can be closed: pytest-
+# tornado and Tornado's IOLoop.current() make loops outside any running one and
+# never close them. Left alone, such a loop surfaces as an "unclosed event loop"
+# or "unclosed socket" warning in whichever later test the collector picks, or at
+# the end of the session, failing a run in which every test passed.
+_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_loop_init = asyncio.BaseEventLoop.__init__
+
+
+def _tracked_loop_init(self: asyncio.BaseEventLoop) -> None:
+    _loop_init(self)
+    _loops.add(self)
+
+
+asyncio.BaseEventLoop.__init__ = _tracked_loop_init  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def close_stray_event_loops() -> Iterator[None]:
+    yield
+    for loop in list(_loops):
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
+
+
+def pytest_sessionfinish() -> None:
+    for loop in list(_loops):
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
+
+
+@pytest.fixture
+def io_loop() -> Iterator[ioloop.IOLoop]:
+    """A fresh loop per test that is closed afterwards (pytest-tornado's own leaves
+    the asyncio loop it makes current unclosed, which surfaces as a stray warning in
+    whichever later test the garbage collector picks)."""
+    loop = ioloop.IOLoop()
+    asyncio.set_event_loop(loop.asyncio_loop)  # type: ignore[attr-defined]
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close(all_fds=True)
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,14 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self.base = self._wait_for_address()
+        try:
+            self.base = self._wait_for_address()
+        except BaseException:
+            # A server that failed to start leaves nothing running and nothing open.
+            self.process.kill()
+            self.process.wait()
+            self.log.close()
+            raise
 
     def _wait_for_address(self) -> str:
         deadline = time.monotonic() + 15

@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,14 +142,25 @@ def test_logs_carry_no_client_address(data_dir):
         assert "203.0.113.77" not in line, line
 
 
+def worker_pids(parent: int) -> list[str]:
+    """The parent's children, once both have forked (it logs before forking)."""
+    found: list[str] = []
+    for _ in range(100):
+        found = subprocess.run(
+            ["ps", "--ppid", str(parent), "-o", "pid="],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if len(found) >= 2:
+            break
+        time.sleep(0.1)
+    return found
+
+
 def test_worker_processes_serve_as_one_and_stop_together(data_dir):
     server = Server(data_dir, IMGYX_PROCESSES="2")
-    workers = subprocess.run(
-        ["ps", "--ppid", str(server.process.pid), "-o", "pid="],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
+    workers = worker_pids(server.process.pid)
     assert len(workers) == 2
     stored = [
         server.upload(payload(500, seed=10 + index), "w.bin") for index in range(6)
