@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -68,3 +70,28 @@ def test_suffix_range_returns_the_last_bytes(served, suffix):
     assert (
         headers["Content-Range"] == f"bytes {max(SIZE - suffix, 0)}-{SIZE - 1}/{SIZE}"
     )
+
+
+def test_curl_resumes_a_cut_download(served, tmp_path):
+    server, url = served
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is needed for this test (apt-get install curl)"
+    partial = tmp_path / "download.bin"
+    partial.write_bytes(CONTENT[:100_000])  # as if the transfer had been cut here
+    result = subprocess.run(
+        [
+            curl,
+            "--silent",
+            "--show-error",
+            "-C",
+            "-",
+            "-o",
+            str(partial),
+            server.base + url,
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert partial.read_bytes() == CONTENT
