@@ -76,11 +76,12 @@ def _migration_lock(database: peewee.Database) -> Iterator[None]:
     if not isinstance(database, peewee.PostgresqlDatabase):
         yield
         return
-    database.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))  # type: ignore[no-untyped-call]
+    execute = database.execute_sql
+    execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
-        database.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))  # type: ignore[no-untyped-call]
+        execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))  # type: ignore[no-untyped-call]
 
 
 def _migrate(database: peewee.Database) -> int:
