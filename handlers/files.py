@@ -20,6 +20,7 @@ from storage import IntegrityError, StoreError
 
 logger = logging.getLogger(__name__)
 
+FLUSH_BYTES = 256 * 1024
 ID_PATTERN = r"[A-Za-z0-9]{5,16}"
 RAW_ROUTE = rf"/({ID_PATTERN})(?:\.[A-Za-z0-9]{{1,12}})?"
 
@@ -140,9 +141,15 @@ class RawFileHandler(BaseHandler):
 
     async def _stream_rest(self, file: FileView, chunks: AsyncIterator[bytes]) -> None:
         try:
+            unflushed = 0
             async for chunk in chunks:
                 self._send(chunk)
-                await self.flush()
+                unflushed += len(chunk)
+                # Flow control in steps of about 256 KiB: at most that much waits in
+                # memory per client, and far fewer round trips through the loop.
+                if unflushed >= FLUSH_BYTES:
+                    await self.flush()
+                    unflushed = 0
         except iostream.StreamClosedError:
             return  # the client went away: a cancelled download is not an error
         except (StoreError, IntegrityError) as error:

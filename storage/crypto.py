@@ -69,7 +69,7 @@ class SegmentCipher:
     def seal(self, index: int, last: bool, plaintext: bytes) -> bytes:
         return self._aead.encrypt(_nonce(index, last), plaintext, HEADER)
 
-    def open(self, index: int, last: bool, sealed: bytes) -> bytes:
+    def open(self, index: int, last: bool, sealed: bytes | memoryview) -> bytes:
         try:
             return self._aead.decrypt(_nonce(index, last), sealed, HEADER)
         except InvalidTag:
@@ -165,29 +165,31 @@ async def decrypt_range(
     where = locate(plaintext_size, start, end)
     cipher = SegmentCipher(data_key)
     segments = segment_count(plaintext_size)
-    buffer = bytearray()
+    leftover = b""
     index = where.first_segment
     need_header = where.offset == 0
     try:
         async for chunk in sealed_chunks:
-            buffer += chunk
+            data = memoryview(leftover + chunk if leftover else chunk)
+            used = 0
             if need_header:
-                if len(buffer) < HEADER_SIZE:
+                if len(data) < HEADER_SIZE:
+                    leftover = bytes(data)
                     continue
-                if bytes(buffer[:HEADER_SIZE]) != HEADER:
+                if data[:HEADER_SIZE] != HEADER:
                     raise IntegrityError("unknown object header")
-                del buffer[:HEADER_SIZE]
+                used = HEADER_SIZE
                 need_header = False
             while index <= where.last_segment:
                 size = _segment_plain_size(plaintext_size, index) + TAG_SIZE
-                if len(buffer) < size:
+                if len(data) - used < size:
                     break
-                plaintext = cipher.open(
-                    index, index == segments - 1, bytes(buffer[:size])
-                )
-                del buffer[:size]
+                sealed = data[used : used + size]
+                plaintext = cipher.open(index, index == segments - 1, sealed)
+                used += size
                 yield _trim(plaintext, index, start, end)
                 index += 1
+            leftover = bytes(data[used:])
     finally:
         # Stop the store's read (and close its file or connection) on every path.
         await sealed_chunks.aclose()

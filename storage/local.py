@@ -10,7 +10,7 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from storage.base import (
     ObjectInfo,
@@ -81,18 +81,24 @@ class LocalStore(Store):
     async def get(
         self, key: str, offset: int, length: int
     ) -> AsyncGenerator[bytes, None]:
-        handle = await self._run(_open_for_reading, self._path(key))
+        # One thread hop per chunk: open and the first read go together, and
+        # positioned reads need no seek.
+        descriptor, chunk = await self._run(
+            _open_and_read, self._path(key), offset, length
+        )
         try:
-            await self._run(handle.seek, offset)
-            remaining = length
-            while remaining > 0:
-                chunk = await self._run(handle.read, min(READ_CHUNK, remaining))
-                if not chunk:
-                    return
-                remaining -= len(chunk)
+            position, remaining = offset, length
+            while chunk:
                 yield chunk
+                position += len(chunk)
+                remaining -= len(chunk)
+                if remaining <= 0:
+                    return
+                chunk = await self._run(
+                    os.pread, descriptor, min(READ_CHUNK, remaining), position
+                )
         finally:
-            handle.close()
+            os.close(descriptor)
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -120,8 +126,13 @@ def _info(key: str, result: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, result.st_size, modified)
 
 
-def _open_for_reading(path: Path) -> BinaryIO:
-    return open(path, "rb")
+def _open_and_read(path: Path, offset: int, length: int) -> tuple[int, bytes]:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return descriptor, os.pread(descriptor, min(READ_CHUNK, length), offset)
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _list_folder(folder: Path) -> list[ObjectInfo]:
