@@ -20,7 +20,7 @@ from typing import Any
 from handlers.base import Services
 from models import File, Secret
 from models import files as catalog
-from models.records import open_record, sealed_object
+from models.records import delete_objects, open_record, sealed_object
 from storage import IntegrityError, ObjectNotFound, StoreError
 from storage.keys import (
     KEY_FILE_NAME,
@@ -100,19 +100,13 @@ async def run_takedown(services: Services, arguments: argparse.Namespace) -> int
     removed = await database.run(
         catalog.take_down, arguments.file_id, arguments.ban, arguments.reason
     )
-    if removed is not None:
-        await _delete_objects(services, removed)
+    if removed is not None and not await delete_objects(services.store, removed):
+        say(f"{arguments.file_id}: an object could not be deleted; gc collects it")
     say(
         f"{arguments.file_id}: taken down"
         + (" and its content banned" if arguments.ban else "")
     )
     return 0
-
-
-async def _delete_objects(services: Services, record: File) -> None:
-    for key in (record.object_key, record.thumbnail_key):
-        if key:
-            await services.store.delete(str(key))
 
 
 async def run_scrub(services: Services, arguments: argparse.Namespace) -> int:

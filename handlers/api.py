@@ -12,16 +12,15 @@ import metrics
 from handlers.base import (
     ApiError,
     BaseHandler,
-    Services,
     not_found,
     raw_url,
     thumbnail_url,
 )
 from handlers.openapi import openapi_document
 from ingest import delete_token_hash
-from models import File
 from models import files as catalog
-from storage import ObjectNotFound, StoreError
+from models.records import delete_objects
+from storage import ObjectNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -89,18 +88,8 @@ class DeleteHandler(BaseHandler):
         if removed is None:
             raise not_found()
         self.services.views.forget(file_id)
-        await forget_objects(self.services, removed)
+        await delete_objects(self.services.store, removed)
         self.write({"id": file_id, "deleted": True})
-
-
-async def forget_objects(services: Services, record: File) -> None:
-    """Delete a removed record's objects; leftovers are gc's to collect."""
-    keys = [record.object_key, record.thumbnail_key]
-    for key in (str(key) for key in keys if key):
-        try:
-            await services.store.delete(key)
-        except StoreError as error:
-            logger.error("object of removed file %s not deleted: %s", record.id, error)
 
 
 class HealthHandler(BaseHandler):

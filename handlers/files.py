@@ -29,7 +29,18 @@ def http_date(moment: datetime.datetime) -> str:
     return email.utils.format_datetime(moment.astimezone(datetime.UTC), usegmt=True)
 
 
-class ThumbnailHandler(BaseHandler):
+class StoredContentHandler(BaseHandler):
+    """Headers shared by everything served from the store (raw files, thumbnails)."""
+
+    def set_stored_headers(self, etag: str) -> None:
+        max_age = self.services.settings.cache_max_age
+        self.set_header("Content-Security-Policy", SANDBOX_POLICY)
+        self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
+        self.set_header("Cache-Control", f"public, max-age={max_age}, immutable")
+        self.set_header("ETag", etag)
+
+
+class ThumbnailHandler(StoredContentHandler):
     """GET /t/ID: the thumbnail of an image, where one was made."""
 
     async def get(self, file_id: str) -> None:
@@ -38,11 +49,7 @@ class ThumbnailHandler(BaseHandler):
             raise ApiError(404, "NOT_FOUND", "This file has no thumbnail.")
         etag = self.services.keys.etag(file.fingerprint + "/thumbnail")
         self.set_header("Content-Type", file.thumbnail_type or "image/jpeg")
-        self.set_header("Content-Security-Policy", SANDBOX_POLICY)
-        self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
-        max_age = self.services.settings.cache_max_age
-        self.set_header("Cache-Control", f"public, max-age={max_age}, immutable")
-        self.set_header("ETag", etag)
+        self.set_stored_headers(etag)
         if conditional.none_match(self.request.headers.get("If-None-Match"), etag):
             self.set_status(304)
             return
@@ -51,7 +58,7 @@ class ThumbnailHandler(BaseHandler):
         super(BaseHandler, self).write(data)
 
 
-class RawFileHandler(BaseHandler):
+class RawFileHandler(StoredContentHandler):
     async def head(self, file_id: str) -> None:
         await self._serve(file_id, body=False)
 
@@ -97,16 +104,12 @@ class RawFileHandler(BaseHandler):
 
     def _set_file_headers(self, file: FileView, etag: str) -> None:
         how = delivery(file.mimetype, "inline" in self.request.arguments)
-        max_age = self.services.settings.cache_max_age
         self.set_header("Content-Type", how.content_type)
         self.set_header(
             "Content-Disposition", content_disposition(how.inline, file.name)
         )
-        self.set_header("Content-Security-Policy", SANDBOX_POLICY)
-        self.set_header("Cross-Origin-Resource-Policy", "cross-origin")
-        self.set_header("Cache-Control", f"public, max-age={max_age}, immutable")
+        self.set_stored_headers(etag)
         self.set_header("Accept-Ranges", "bytes")
-        self.set_header("ETag", etag)
         self.set_header("Last-Modified", http_date(file.created_at))
 
     def _requested_range(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
 
 from models import File
+from storage.base import StoreError
 from storage.sealed import SealedObject, SealedStore, open_metadata
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,21 @@ class FileView:
     @property
     def has_thumbnail(self) -> bool:
         return self.thumbnail is not None
+
+
+async def delete_objects(store: SealedStore, record: File) -> bool:
+    """Delete a removed record's objects (file and thumbnail). Returns False if one
+    could not be deleted: it is logged, and `gc` collects it later."""
+    complete = True
+    for key in (record.object_key, record.thumbnail_key):
+        if not key:
+            continue
+        try:
+            await store.delete(str(key))
+        except StoreError as error:
+            logger.error("object of removed file %s not deleted: %s", record.id, error)
+            complete = False
+    return complete
 
 
 def metadata_context(file_id: str, object_key: str) -> bytes:
