@@ -350,13 +350,12 @@ class FormUploadHandler(PageHandler, UploadHandler):
     differs: a redirect to the preview page, or an error page.
     """
 
-    async def prepare(self) -> None:
-        self._url_form = is_url_form(self.request.headers.get("Content-Type"))
-        if self._url_form:
-            # The URL form is a small urlencoded body: it takes the API's JSON path,
-            # with _url_of below reading it.
-            self.request.headers["Content-Type"] = "application/json"
-        await super().prepare()
+    _url_form = False
+
+    def body_kind(self, content_type: str | None) -> str | None:
+        # The URL form is a small urlencoded body; _url_of below reads it.
+        self._url_form = is_url_form(content_type)
+        return "form" if self._url_form else super().body_kind(content_type)
 
     def get(self) -> None:
         self.redirect("/")

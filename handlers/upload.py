@@ -71,7 +71,7 @@ class UploadHandler(BaseHandler):
     async def prepare(self) -> None:
         if self.request.method != "POST":
             return
-        kind = body_kind(self.request.headers.get("Content-Type"))
+        kind = self.body_kind(self.request.headers.get("Content-Type"))
         if kind is None:
             raise ApiError(
                 415,
@@ -93,8 +93,8 @@ class UploadHandler(BaseHandler):
             raise too_large(settings.max_upload_bytes)
 
         await self._take_rate_limit()
-        if kind == "json":
-            self._json = bytearray()
+        if kind != "multipart":
+            self._json = bytearray()  # a small body naming a URL
             return
         try:
             self._reader = MultipartReader(
@@ -104,6 +104,11 @@ class UploadHandler(BaseHandler):
             raise ApiError(
                 400, "INVALID_BODY", f"Malformed multipart body: {error}."
             ) from None
+
+    def body_kind(self, content_type: str | None) -> str | None:
+        """ "multipart", or a kind of small body that names a URL ("json"); None
+        for anything else. Subclasses may accept more kinds of URL bodies."""
+        return body_kind(content_type)
 
     def _declared_length(self) -> int | None:
         raw = self.request.headers.get("Content-Length")
