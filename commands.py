@@ -100,6 +100,7 @@ async def run_takedown(services: Services, arguments: argparse.Namespace) -> int
     removed = await database.run(
         catalog.take_down, arguments.file_id, arguments.ban, arguments.reason
     )
+    services.cache.removed(arguments.file_id)
     if removed is not None and not await delete_objects(services.store, removed):
         say(f"{arguments.file_id}: an object could not be deleted; gc collects it")
     say(

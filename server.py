@@ -23,11 +23,13 @@ import config
 import metrics
 from config import Settings, SettingsError
 from handlers import Services, make_app
+from handlers.cache import FileCache
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchPolicy, FetchSlots
 from ingest.thumbnails import Thumbnailer
 from models import Database, open_database, ratelimit
 from models import files as catalog
+from models.epoch import Epoch
 from models.migrations import migrate
 from models.views import ViewCounter
 from storage import SealedStore, StoreError, make_store
@@ -161,6 +163,7 @@ def open_services(settings: Settings, master: Keyring, secret: bytes) -> Service
         views=ViewCounter(database),
         fetcher=Fetcher(fetch_policy(settings)),
         fetch_slots=FetchSlots(settings.fetch_max_per_client),
+        cache=FileCache(Epoch(settings.data_dir), settings.cache_bytes),
     )
 
 
@@ -169,6 +172,7 @@ async def close_services(services: Services) -> None:
     services.ingestor.close()
     await services.store.store.close()
     services.database.close()
+    services.cache.epoch.close()
 
 
 async def prepare_store(services: Services) -> None:

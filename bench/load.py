@@ -1195,7 +1195,8 @@ def machine() -> dict[str, Any]:
     def output(command: list[str]) -> str:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             done = subprocess.run(command, capture_output=True, text=True, timeout=10)
-            return (done.stdout + done.stderr).strip().splitlines()[0]
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            return lines[0] if lines else ""
         return ""
 
     commit = output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])

@@ -159,6 +159,15 @@ def parse_log_level(raw: str) -> str:
     return value
 
 
+CACHE_AUTO = -1
+
+
+def parse_cache_mb(raw: str) -> int:
+    if raw.strip().lower() == "auto":
+        return CACHE_AUTO
+    return parse_non_negative_int(raw)
+
+
 def setting(
     default: Any, help: str, parse: Callable[[str], Any], shown: str | None = None
 ) -> Any:
@@ -174,7 +183,7 @@ class Settings:
     host: str = setting("127.0.0.1", "Address to listen on.", parse_str)
     port: int = setting(8000, "TCP port to listen on (0 picks a free one).", parse_port)
     processes: int = setting(
-        1,
+        0,
         "Worker processes to fork (0 means one per CPU core).",
         parse_non_negative_int,
     )
@@ -305,6 +314,15 @@ class Settings:
         "changes).",
         parse_non_negative_int,
     )
+    cache_mb: int = setting(
+        CACHE_AUTO,
+        "MiB each worker may use to keep opened records and small files (up to "
+        "1/32 of it each) in memory; 0 turns the cache off. auto: 16 with SQLite, "
+        "0 with PostgreSQL, where other hosts may remove files this host cannot "
+        "hear about; processes sharing a data folder see removals at once.",
+        parse_cache_mb,
+        shown="auto",
+    )
     idle_timeout: int = setting(
         60,
         "Seconds a connection may sit idle, or take to send its request headers.",
@@ -356,6 +374,14 @@ class Settings:
                     raise SettingsError(
                         f"{env_name(name)}: required with IMGYX_STORAGE=s3"
                     )
+
+    @property
+    def cache_bytes(self) -> int:
+        """The per-worker memory cache budget, with `auto` resolved."""
+        if self.cache_mb != CACHE_AUTO:
+            return self.cache_mb * 1024 * 1024
+        shared_database = self.database_url.lower().startswith("postgres")
+        return 0 if shared_database else 16 * 1024 * 1024
 
     @property
     def spool_folder(self) -> Path:

@@ -16,6 +16,7 @@ from handlers.api import (
     StatsHandler,
 )
 from handlers.base import NotFoundHandler, Services, log_request
+from handlers.fast import FastApplication
 from handlers.files import ID_PATTERN, RAW_ROUTE, RawFileHandler, ThumbnailHandler
 from handlers.pages import (
     DocsHandler,
@@ -51,7 +52,8 @@ def make_app(services: Services) -> web.Application:
         (RAW_ROUTE, RawFileHandler),
     ]
     kwargs = {"services": services}
-    return web.Application(
+    return FastApplication(
+        services,
         [(pattern, handler, kwargs) for pattern, handler in routes],
         default_handler_class=NotFoundHandler,
         default_handler_args=kwargs,

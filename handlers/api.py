@@ -88,6 +88,7 @@ class DeleteHandler(BaseHandler):
         if removed is None:
             raise not_found()
         self.services.views.forget(file_id)
+        self.services.cache.removed(file_id)
         await delete_objects(self.services.store, removed)
         self.write({"id": file_id, "deleted": True})
 

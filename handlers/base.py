@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from http import HTTPStatus, client
 from typing import Any
 
-from tornado import iostream, web
+from tornado import httputil, iostream, web
 
 import metrics
 from config import Settings
+from handlers.cache import Cached, FileCache
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchSlots
 from models import Database
@@ -56,6 +57,7 @@ class Services:
     views: ViewCounter
     fetcher: Fetcher
     fetch_slots: FetchSlots
+    cache: FileCache
     store_ready: bool = False
     # Requests being answered, so a graceful stop can wait for them.
     in_flight: set[int] = field(default_factory=set)
@@ -217,6 +219,21 @@ class BaseHandler(web.RequestHandler):
             raise ApiError(451, "BLOCKED", "This file was taken down by the operator.")
         raise not_found()
 
+    async def cached_file(self, file_id: str) -> tuple[Cached, int]:
+        """The file at `file_id` from this process's cache, or found and cached.
+
+        Also returns the cache token to hand back when adding the file's bodies.
+        For raw content only: the cached record's view count is not kept current.
+        """
+        cache = self.services.cache
+        token = cache.token()
+        entry = cache.get(file_id)
+        if entry is None:
+            file = await self.find_file(file_id)
+            entry = Cached(file, self.services.keys.etag(file.fingerprint))
+            cache.put(file_id, entry, token)
+        return entry, token
+
 
 class NotFoundHandler(BaseHandler):
     """Every path no route matches."""
@@ -230,13 +247,27 @@ class NotFoundHandler(BaseHandler):
 def log_request(handler: web.RequestHandler) -> None:
     """One access-log line per request, without the client address or query."""
     request = handler.request
-    status = handler.get_status()
     received = getattr(handler, "_received", None)
     if received is None:
         received = len(request.body) if isinstance(request.body, bytes) else 0
-    metrics.request(
-        type(handler).__name__, status, received, getattr(handler, "bytes_sent", 0)
+    log_answer(
+        type(handler).__name__,
+        request,
+        handler.get_status(),
+        received,
+        getattr(handler, "bytes_sent", 0),
     )
+
+
+def log_answer(
+    kind: str,
+    request: httputil.HTTPServerRequest,
+    status: int,
+    received: int,
+    sent: int,
+) -> None:
+    """Metrics and the access-log line for one answered request."""
+    metrics.request(kind, status, received, sent)
     if request.path == "/api/upload" and request.method == "POST":
         metrics.upload_answered(request.request_time())
     access_logger.info(
@@ -244,6 +275,6 @@ def log_request(handler: web.RequestHandler) -> None:
         request.method,
         request.path,
         status,
-        getattr(handler, "bytes_sent", 0),
+        sent,
         1000.0 * request.request_time(),
     )

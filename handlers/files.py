@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from urllib.parse import urlsplit
 
-from tornado import iostream
+from tornado import httputil, iostream
 
 from handlers import conditional
 from handlers.base import ApiError, BaseHandler
@@ -44,7 +44,8 @@ class ThumbnailHandler(StoredContentHandler):
     """GET /t/ID: the thumbnail of an image, where one was made."""
 
     async def get(self, file_id: str) -> None:
-        file = await self.find_file(file_id)
+        entry, token = await self.cached_file(file_id)
+        file = entry.file
         if file.thumbnail is None:
             raise ApiError(404, "NOT_FOUND", "This file has no thumbnail.")
         etag = self.services.keys.etag(file.fingerprint + "/thumbnail")
@@ -53,7 +54,10 @@ class ThumbnailHandler(StoredContentHandler):
         if conditional.none_match(self.request.headers.get("If-None-Match"), etag):
             self.set_status(304)
             return
-        data = await self.services.store.read_all(file.thumbnail)
+        data = entry.thumbnail
+        if data is None:
+            data = await self.services.store.read_all(file.thumbnail)
+            self.services.cache.keep_thumbnail(entry, data, token)
         self.bytes_sent += len(data)
         super(BaseHandler, self).write(data)
 
@@ -68,12 +72,12 @@ class RawFileHandler(StoredContentHandler):
     async def _serve(self, file_id: str, body: bool) -> None:
         if self._redirect_to_content_origin():
             return
-        file = await self.find_file(file_id)
-        etag = self.services.keys.etag(file.fingerprint)
-        self._set_file_headers(file, etag)
+        entry, token = await self.cached_file(file_id)
+        file = entry.file
+        self._set_file_headers(file, entry.etag)
 
         headers = self.request.headers
-        if conditional.none_match(headers.get("If-None-Match"), etag) or (
+        if conditional.none_match(headers.get("If-None-Match"), entry.etag) or (
             "If-None-Match" not in headers
             and conditional.not_modified_since(
                 headers.get("If-Modified-Since"), file.created_at
@@ -82,7 +86,8 @@ class RawFileHandler(StoredContentHandler):
             self.set_status(304)
             return
 
-        wanted = self._requested_range(file, etag)
+        wanted = self._requested_range(file, entry.etag)
+        whole = wanted is None
         if wanted is None:
             wanted = conditional.ByteRange(0, file.size - 1)
         else:
@@ -91,8 +96,23 @@ class RawFileHandler(StoredContentHandler):
                 "Content-Range", f"bytes {wanted.start}-{wanted.end}/{file.size}"
             )
         self.set_header("Content-Length", str(max(wanted.length, 0)))
-        if body and file.size > 0:
+        if whole and not self.request.query and entry.headers is None:
+            # What the fast path (handlers.fast) answers plain requests with.
+            entry.headers = httputil.HTTPHeaders(self._headers)
+        if not body or file.size == 0:
+            return
+        cache = self.services.cache
+        data = entry.body
+        if data is None and file.size <= cache.max_item:
+            # A small file is read and authenticated whole, then kept.
+            data = await self.services.store.read_all(file.sealed)
+            cache.keep_body(entry, data, token)
+        if data is None:
             await self._stream(file, wanted)
+            return
+        if wanted.start == 0:
+            self.services.views.add(file.id)
+        self._send(data[wanted.start : wanted.end + 1])
 
     def _redirect_to_content_origin(self) -> bool:
         """With IMGYX_CONTENT_URL set, raw files are only served on that origin."""

@@ -6,7 +6,9 @@ import contextlib
 import io
 import json
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,9 @@ from storage.crypto import (
     new_data_key,
 )
 from storage.keys import Keyring, derive
+
+# About 100 bytes each.
+DATA_KEYS_KEPT = 8192
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class SealedStore:
     def __init__(self, store: Store, master: Keyring) -> None:
         self.store = store
         self.master = master
+        # Unwrapped data keys by object key. A data key never changes for its
+        # object, while its wrapping does (rotate-key): records kept in memory from
+        # before a rotation still read once the old master key is retired.
+        self._data_keys: OrderedDict[str, bytes] = OrderedDict()
+        self._data_keys_lock = threading.Lock()
 
     async def put_file(self, path: Path, size: int) -> SealedObject:
         """Encrypt the `size` bytes of the file at `path` into a new object."""
@@ -81,7 +91,17 @@ class SealedStore:
         return SealedObject(sealed.key, wrapped, sealed.size)
 
     def data_key(self, sealed: SealedObject) -> bytes:
-        return self.master.unwrap(sealed.wrapped_key, sealed.key.encode())
+        with self._data_keys_lock:
+            known = self._data_keys.get(sealed.key)
+            if known is not None:
+                self._data_keys.move_to_end(sealed.key)
+                return known
+        data_key = self.master.unwrap(sealed.wrapped_key, sealed.key.encode())
+        with self._data_keys_lock:
+            self._data_keys[sealed.key] = data_key
+            if len(self._data_keys) > DATA_KEYS_KEPT:
+                self._data_keys.popitem(last=False)
+        return data_key
 
     def read(
         self, sealed: SealedObject, start: int, end: int

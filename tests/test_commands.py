@@ -130,6 +130,32 @@ def test_takedown_blocks_the_id_with_451_and_removes_its_objects(
     assert shared_server.request(file["thumbnail_url"])[0] == 451
 
 
+def test_no_worker_answers_from_memory_after_a_takedown_or_a_delete(
+    shared_server, shared_data_dir
+):
+    """The server runs its default worker per core, each with its own cache; every
+    request is a new connection, so each worker has answered (and kept) both files."""
+    taken = shared_server.upload(png(48), "hot.png")
+    deleted = shared_server.upload(payload(3000, seed=23), "hot.bin")
+    for _ in range(20):
+        for path in (taken["url"], taken["thumbnail_url"], deleted["url"]):
+            assert shared_server.request(path)[0] == 200
+
+    assert run_command(shared_data_dir, "takedown", taken["id"]).returncode == 0
+    status, _, _ = shared_server.fetch(
+        f"/api/files/{deleted['id']}",
+        headers={"X-Delete-Token": deleted["delete_token"]},
+        method="DELETE",
+    )
+    assert status == 200
+
+    for _ in range(20):
+        assert shared_server.request(taken["url"])[0] == 451
+        assert shared_server.request(taken["thumbnail_url"])[0] == 451
+        assert shared_server.fetch(taken["url"], method="HEAD")[0] == 451
+        assert shared_server.request(deleted["url"])[0] == 404
+
+
 def test_takedown_of_an_unknown_id_exits_1(shared_server, shared_data_dir):
     result = run_command(shared_data_dir, "takedown", "Nobody123")
 

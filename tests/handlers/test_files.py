@@ -132,6 +132,21 @@ async def test_tampered_object_never_reaches_the_client(
     assert content[:1000] not in response.body
 
 
+@pytest.mark.settings(cache_mb=16)
+@pytest.mark.gen_test
+async def test_a_file_small_enough_to_keep_is_authenticated_whole_before_sending(
+    http_client, base_url, services
+):
+    content = payload(190_000, seed=7)
+    file = await stored(http_client, base_url, content)
+    await flip_bit(services, -100)  # inside the last segment
+    response = await fetch(http_client, base_url, file["url"])
+    assert response.code == 500
+    assert content[:1000] not in response.body
+    assert len(services.cache) == 1 and services.cache.get(file["id"]).body is None
+
+
+@pytest.mark.settings(cache_mb=0)  # streamed segment by segment, as large files are
 @pytest.mark.gen_test
 async def test_corruption_after_the_first_segment_cuts_the_connection(
     http_client, base_url, services
