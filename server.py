@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import re
@@ -46,6 +48,11 @@ FLUSH_SECONDS = 2.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Tornado's own body limit for routes that do not stream; the upload route raises it.
 SMALL_BODY_LIMIT = 64 * 1024
+
+
+# glibc's mallopt parameters (malloc.h).
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[dict[str, str], argparse.Namespace]:
@@ -245,6 +252,24 @@ async def drain(services: Services, timeout: float) -> None:
                        len(services.in_flight), timeout)  # fmt: skip
 
 
+def return_freed_memory() -> None:
+    """Ask glibc's malloc to give large freed blocks back to the system at once.
+
+    Streams allocate their buffers (256 KiB to 1 MiB) when they start and free them
+    when they end. By default malloc raises its mmap threshold after such frees and
+    then keeps later buffers in per-thread arenas, which hold on to freed memory: a
+    worker's footprint then follows past peaks instead of current work. A fixed
+    threshold (and few arenas) keeps it following the streams in flight.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+    mallopt(M_ARENA_MAX, 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     overrides, arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     try:
@@ -254,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imgyx: {error}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    return_freed_memory()
     if arguments.command:
         services = open_services(settings, *secrets)
         return commands.run(services, arguments, close_services)
@@ -266,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = settings.processes or os.cpu_count() or 1
     shared = Path(tempfile.mkdtemp(prefix="imgyx-metrics-")) if workers > 1 else None
     metrics.setup(shared)
+    if workers > 1:
+        # What was imported so far is never collected: the collector then never
+        # writes to those pages, and the workers keep sharing them with us.
+        gc.freeze()
     if workers > 1 and not fork_workers(workers):
         try:
             return supervise()

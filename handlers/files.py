@@ -3,6 +3,7 @@ Range, conditional requests and caching as a static file server does them."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email.utils
 import logging
@@ -17,10 +18,11 @@ from handlers.base import ApiError, BaseHandler
 from handlers.content import SANDBOX_POLICY, content_disposition, delivery
 from models.records import FileView
 from storage import IntegrityError, StoreError
+from storage.base import Buffer
+from storage.crypto import SEALED_SEGMENT_SIZE
 
 logger = logging.getLogger(__name__)
 
-FLUSH_BYTES = 256 * 1024
 ID_PATTERN = r"[A-Za-z0-9]{5,16}"
 RAW_ROUTE = rf"/({ID_PATTERN})(?:\.[A-Za-z0-9]{{1,12}})?"
 
@@ -151,36 +153,75 @@ class RawFileHandler(StoredContentHandler):
             ) from None
 
     async def _stream(self, file: FileView, wanted: conditional.ByteRange) -> None:
-        reader = self.services.store.read(file.sealed, wanted.start, wanted.end)
-        async with aclosing(reader) as chunks:
-            # The first segment is read and authenticated before any header goes out,
-            # so a missing or corrupt object answers an error status, not a short 200.
-            first = await anext(chunks)
-            if wanted.start == 0:
-                self.services.views.add(file.id)
-            self._send(first)
-            await self.flush()
-            await self._stream_rest(file, chunks)
-
-    async def _stream_rest(self, file: FileView, chunks: AsyncIterator[bytes]) -> None:
+        global _streaming
+        _streaming += 1
         try:
-            unflushed = 0
-            async for chunk in chunks:
-                self._send(chunk)
-                unflushed += len(chunk)
-                # Flow control in steps of about 256 KiB: at most that much waits in
-                # memory per client, and far fewer round trips through the loop.
-                if unflushed >= FLUSH_BYTES:
-                    await self.flush()
-                    unflushed = 0
+            reader = self.services.store.read(
+                file.sealed,
+                wanted.start,
+                wanted.end,
+                stream_chunk_size(_streaming),
+                reuse_buffers=True,  # _pipe sends a chunk before asking for more
+            )
+            async with aclosing(reader) as chunks:
+                # The first chunk is read and authenticated before any header goes
+                # out, so a missing or corrupt object answers an error status, not a
+                # short 200.
+                first = await anext(chunks)
+                if wanted.start == 0:
+                    self.services.views.add(file.id)
+                self.flush()  # the headers; the body goes straight to the connection
+                await self._pipe(file, first, chunks)
+        finally:
+            _streaming -= 1
+
+    async def _pipe(
+        self, file: FileView, first: Buffer, chunks: AsyncIterator[Buffer]
+    ) -> None:
+        """Send the chunks, reading and decrypting the next one (in a store thread)
+        while the connection sends this one: at most two chunks wait per client."""
+        connection = self.request.connection
+        assert connection is not None
+        chunk: Buffer | None = first
+        upcoming = asyncio.ensure_future(anext(chunks, None))
+        try:
+            while chunk is not None:
+                self.bytes_sent += len(chunk)
+                # Tornado's connection takes any buffer; waiting for the write is
+                # the flow control.
+                await connection.write(chunk)  # type: ignore[arg-type]
+                chunk = await upcoming
+                if chunk is not None:
+                    upcoming = asyncio.ensure_future(anext(chunks, None))
         except iostream.StreamClosedError:
             return  # the client went away: a cancelled download is not an error
         except (StoreError, IntegrityError) as error:
             # Headers are out: all we can do is cut the connection, so the client sees
             # a short body instead of unauthenticated bytes.
             logger.error("file %s failed while streaming: %s", file.id, error)
-            self.request.connection.close()  # type: ignore[union-attr]
+            connection.close()  # type: ignore[attr-defined]
+        finally:
+            # The reader closes only once its read in flight is over.
+            await asyncio.wait([upcoming])
+            if not upcoming.cancelled():
+                upcoming.exception()  # retrieved: what it was is handled above
 
     def _send(self, chunk: bytes) -> None:
         self.bytes_sent += len(chunk)
         super(BaseHandler, self).write(chunk)
+
+
+# Streams this process is sending, which share STREAM_MEMORY between them: each
+# holds three chunks at most (one being sent, one being decrypted, one read).
+_streaming = 0
+STREAM_MEMORY = 3 * 1024 * 1024
+SMALLEST_CHUNK = 4 * SEALED_SEGMENT_SIZE
+LARGEST_CHUNK = 16 * SEALED_SEGMENT_SIZE
+
+
+def stream_chunk_size(streams: int) -> int:
+    """Bytes to read and decrypt at a time: large chunks (fewer trips between the
+    loop and the store threads) when few clients download, small when many do, so
+    memory follows the number of clients, not the file size."""
+    share = STREAM_MEMORY // (3 * max(streams, 1))
+    return max(SMALLEST_CHUNK, min(LARGEST_CHUNK, share))

@@ -8,7 +8,6 @@ from config import Settings
 from storage.base import ObjectInfo, ObjectNotFound, Store, StoreError
 from storage.crypto import IntegrityError
 from storage.local import LocalStore
-from storage.s3 import S3Store
 from storage.sealed import SealedObject, SealedStore
 
 
@@ -17,6 +16,10 @@ def _local(settings: Settings) -> Store:
 
 
 def _s3(settings: Settings) -> Store:
+    # Imported here: the S3 client and its HTTP stack cost each worker ~8 MB, for
+    # nothing when the objects are local.
+    from storage.s3 import S3Store
+
     return S3Store(
         settings.s3_endpoint,
         settings.s3_access_key,
@@ -42,7 +45,6 @@ __all__ = [
     "LocalStore",
     "ObjectInfo",
     "ObjectNotFound",
-    "S3Store",
     "SealedObject",
     "SealedStore",
     "Store",

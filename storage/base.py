@@ -6,7 +6,7 @@ import abc
 import datetime
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +45,13 @@ def check_object_key(key: str) -> str:
     return key
 
 
+# Bytes a backend reads per chunk unless asked otherwise.
+READ_CHUNK = 256 * 1024
+Buffer = bytes | bytearray | memoryview
+# Runs on each chunk read, in a worker thread (decryption, in practice).
+Transform = Callable[[Buffer], Buffer]
+
+
 class Store(abc.ABC):
     """An asynchronous object store.
 
@@ -55,8 +62,12 @@ class Store(abc.ABC):
       from the backend's worker threads) under `key`, atomically: until `put`
       returns, `get`/`stat` see either nothing or the previous object, never a part.
       A failed `put` leaves nothing behind and raises StoreError.
-    - `get` yields the bytes offset..offset+length-1 in order, in chunks of any size,
-      and reads only those bytes from the backing storage. It raises ObjectNotFound
+    - `get` yields the bytes offset..offset+length-1 in order, in chunks of about
+      `chunk_size` bytes, and reads only those bytes from the backing storage. With
+      a `transform`, each chunk is passed through it in the backend's worker thread,
+      in order, and what it returns is yielded instead (empty results are yielded
+      too); what it raises propagates. The chunk it is given is only valid during
+      the call (a backend may read the next chunk into the same buffer). It raises ObjectNotFound
       when the key is absent, StoreError on any other failure (also mid-stream).
       Fewer bytes than asked means the object is shorter; callers detect that.
     - `delete` removes the object; deleting an absent key is not an error.
@@ -70,8 +81,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get(
-        self, key: str, offset: int, length: int
-    ) -> AsyncGenerator[bytes, None]: ...
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        chunk_size: int = READ_CHUNK,
+        transform: Transform | None = None,
+    ) -> AsyncGenerator[Buffer, None]: ...
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None: ...

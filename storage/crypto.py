@@ -18,12 +18,14 @@ is per object, splicing segments between objects fails too.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from storage.base import Buffer
 
 MAGIC = b"IGYX"
 VERSION = 1
@@ -68,6 +70,19 @@ class SegmentCipher:
 
     def seal(self, index: int, last: bool, plaintext: bytes) -> bytes:
         return self._aead.encrypt(_nonce(index, last), plaintext, HEADER)
+
+    def open_into(
+        self,
+        index: int,
+        last: bool,
+        sealed: bytes | bytearray | memoryview,
+        target: memoryview,
+    ) -> None:
+        """Decrypt one segment into `target`, which is exactly its plaintext size."""
+        try:
+            self._aead.decrypt_into(_nonce(index, last), sealed, HEADER, target)
+        except InvalidTag:
+            raise IntegrityError(f"segment {index} failed authentication") from None
 
     def open(self, index: int, last: bool, sealed: bytes | memoryview) -> bytes:
         try:
@@ -149,58 +164,148 @@ def _segment_plain_size(plaintext_size: int, index: int) -> int:
     return min(SEGMENT_SIZE, plaintext_size - index * SEGMENT_SIZE)
 
 
+class RangeOpener:
+    """Authenticated plaintext of bytes start..end (inclusive) from the sealed bytes
+    `locate(...)` names, fed in chunks of any size.
+
+    Blocking and stateful: feed the chunks in order, from one thread at a time (a
+    store's worker thread, so decryption runs off the IO loop, in parallel with it).
+    `feed` returns the plaintext of every segment the chunk completes, decrypted
+    straight into one buffer; nothing is returned before its segment authenticates.
+
+    With `reuse_buffers`, two output buffers take turns, so a long stream allocates
+    (and faults in) no new memory per chunk: what `feed` returns is then only valid
+    until the next-but-one `feed`.
+    """
+
+    def __init__(
+        self,
+        data_key: bytes,
+        plaintext_size: int,
+        start: int,
+        end: int,
+        reuse_buffers: bool = False,
+    ) -> None:
+        where = locate(plaintext_size, start, end)
+        self._cipher = SegmentCipher(data_key)
+        self._size = plaintext_size
+        self._segments = segment_count(plaintext_size)
+        self._start = start
+        self._end = end
+        self._index = where.first_segment
+        self._last = where.last_segment
+        self._need_header = where.offset == 0
+        self._pending = bytearray()  # a header or segment split between chunks
+        self._buffers = [bytearray(), bytearray()] if reuse_buffers else None
+        self._turn = 0
+
+    def feed(self, chunk: Buffer) -> memoryview:
+        view = memoryview(chunk)
+        used = self._take_header(view) if self._need_header else 0
+        if self._need_header:
+            return memoryview(b"")
+        sizes = self._complete_segments(len(self._pending) + len(view) - used)
+        target = self._output(sum(sizes))
+        first = self._index
+        written = 0
+        for plain in sizes:
+            sealed_length = plain + TAG_SIZE
+            if self._pending:
+                missing = sealed_length - len(self._pending)
+                self._pending += view[used : used + missing]
+                used += missing
+                sealed: bytes | bytearray | memoryview = self._pending
+            else:
+                sealed = view[used : used + sealed_length]
+                used += sealed_length
+            last = self._index == self._segments - 1
+            self._cipher.open_into(
+                self._index, last, sealed, target[written : written + plain]
+            )
+            written += plain
+            self._index += 1
+            if sealed is self._pending:
+                self._pending = bytearray()
+        if self._index <= self._last:
+            self._pending += view[used:]
+        return self._trim(target, first * SEGMENT_SIZE)
+
+    def finish(self) -> None:
+        """Raise IntegrityError unless every segment of the range was opened."""
+        if self._need_header or self._index <= self._last:
+            raise IntegrityError("object is shorter than its record says")
+
+    def _take_header(self, view: memoryview) -> int:
+        used = min(HEADER_SIZE - len(self._pending), len(view))
+        self._pending += view[:used]
+        if len(self._pending) == HEADER_SIZE:
+            if self._pending != HEADER:
+                raise IntegrityError("unknown object header")
+            self._pending = bytearray()
+            self._need_header = False
+        return used
+
+    def _complete_segments(self, available: int) -> list[int]:
+        """Plaintext sizes of the segments `available` sealed bytes complete."""
+        sizes = []
+        index = self._index
+        while index <= self._last:
+            plain = _segment_plain_size(self._size, index)
+            if available < plain + TAG_SIZE:
+                break
+            sizes.append(plain)
+            available -= plain + TAG_SIZE
+            index += 1
+        return sizes
+
+    def _output(self, size: int) -> memoryview:
+        if self._buffers is None:
+            return memoryview(bytearray(size))
+        buffer = self._buffers[self._turn]
+        if len(buffer) < size:
+            buffer = self._buffers[self._turn] = bytearray(size)
+        self._turn ^= 1
+        return memoryview(buffer)[:size]
+
+    def _trim(self, out: memoryview, base: int) -> memoryview:
+        low = max(self._start - base, 0)
+        high = min(self._end + 1 - base, len(out))
+        return out[low:high]
+
+
 async def decrypt_range(
     sealed_chunks: AsyncGenerator[bytes, None],
     data_key: bytes,
     plaintext_size: int,
     start: int,
     end: int,
-) -> AsyncGenerator[bytes, None]:
-    """Yield plaintext bytes start..end (inclusive), one authenticated segment at a time.
+) -> AsyncGenerator[Buffer, None]:
+    """Yield plaintext bytes start..end (inclusive), decrypting on the IO loop.
 
     `sealed_chunks` must yield exactly the bytes described by `locate(...)`. Nothing is
     yielded before its segment authenticates; a short or corrupt object raises
-    IntegrityError.
+    IntegrityError. (SealedStore.read decrypts in the store's threads instead.)
     """
-    where = locate(plaintext_size, start, end)
-    cipher = SegmentCipher(data_key)
-    segments = segment_count(plaintext_size)
-    leftover = b""
-    index = where.first_segment
-    need_header = where.offset == 0
+    opener = RangeOpener(data_key, plaintext_size, start, end)
+    async for plaintext in opened(sealed_chunks, opener, opener.feed):
+        yield plaintext
+
+
+async def opened(
+    chunks: AsyncGenerator[Buffer, None],
+    opener: RangeOpener,
+    decrypt: Callable[[Buffer], memoryview] | None = None,
+) -> AsyncGenerator[Buffer, None]:
+    """Yield the non-empty plaintext chunks of a range, then check it was complete.
+
+    `chunks` are sealed bytes when `decrypt` is given, else plaintext the store
+    already passed through `opener.feed`. The store's read is closed on every path.
+    """
     try:
-        async for chunk in sealed_chunks:
-            data = memoryview(leftover + chunk if leftover else chunk)
-            used = 0
-            if need_header:
-                if len(data) < HEADER_SIZE:
-                    leftover = bytes(data)
-                    continue
-                if data[:HEADER_SIZE] != HEADER:
-                    raise IntegrityError("unknown object header")
-                used = HEADER_SIZE
-                need_header = False
-            while index <= where.last_segment:
-                size = _segment_plain_size(plaintext_size, index) + TAG_SIZE
-                if len(data) - used < size:
-                    break
-                sealed = data[used : used + size]
-                plaintext = cipher.open(index, index == segments - 1, sealed)
-                used += size
-                yield _trim(plaintext, index, start, end)
-                index += 1
-            leftover = bytes(data[used:])
+        async for chunk in chunks:
+            plaintext = decrypt(chunk) if decrypt is not None else chunk
+            if plaintext:
+                yield plaintext
     finally:
-        # Stop the store's read (and close its file or connection) on every path.
-        await sealed_chunks.aclose()
-    if index <= where.last_segment or need_header:
-        raise IntegrityError("object is shorter than its record says")
-
-
-def _trim(plaintext: bytes, index: int, start: int, end: int) -> bytes:
-    base = index * SEGMENT_SIZE
-    low = max(start - base, 0)
-    high = min(end - base + 1, len(plaintext))
-    if low == 0 and high == len(plaintext):
-        return plaintext
-    return plaintext[low:high]
+        await chunks.aclose()
+    opener.finish()

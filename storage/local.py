@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from storage.base import (
+    READ_CHUNK,
+    Buffer,
     ObjectInfo,
     ObjectNotFound,
     Readable,
     Store,
     StoreError,
+    Transform,
     check_object_key,
 )
 
@@ -25,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-READ_CHUNK = 256 * 1024
 WRITE_CHUNK = 1024 * 1024
 TEMP_SUFFIX = ".partial"
 
@@ -79,23 +81,31 @@ class LocalStore(Store):
         _fsync_folder(path.parent)
 
     async def get(
-        self, key: str, offset: int, length: int
-    ) -> AsyncGenerator[bytes, None]:
-        # One thread hop per chunk: open and the first read go together, and
-        # positioned reads need no seek.
-        descriptor, chunk = await self._run(
-            _open_and_read, self._path(key), offset, length
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        chunk_size: int = READ_CHUNK,
+        transform: Transform | None = None,
+    ) -> AsyncGenerator[Buffer, None]:
+        # One thread hop per chunk: open and the first read go together, positioned
+        # reads need no seek, and the transform runs in the same hop. A transform
+        # is done with its input when it returns, so one read buffer serves them all.
+        first = min(chunk_size, length)
+        reader = _Reader(first, transform)
+        descriptor, read, chunk = await self._run(
+            _open_and_read, self._path(key), offset, first, reader
         )
         try:
             position, remaining = offset, length
-            while chunk:
+            while read:
                 yield chunk
-                position += len(chunk)
-                remaining -= len(chunk)
+                position += read
+                remaining -= read
                 if remaining <= 0:
                     return
-                chunk = await self._run(
-                    os.pread, descriptor, min(READ_CHUNK, remaining), position
+                read, chunk = await self._run(
+                    reader.read, descriptor, min(chunk_size, remaining), position
                 )
         finally:
             os.close(descriptor)
@@ -126,10 +136,29 @@ def _info(key: str, result: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, result.st_size, modified)
 
 
-def _open_and_read(path: Path, offset: int, length: int) -> tuple[int, bytes]:
+class _Reader:
+    """Positioned reads of one object, each passed through the transform."""
+
+    def __init__(self, size: int, transform: Transform | None) -> None:
+        self._transform = transform
+        self._buffer = bytearray(size) if transform is not None else None
+
+    def read(self, descriptor: int, size: int, position: int) -> tuple[int, Buffer]:
+        """Bytes read, and the chunk (transformed, if asked) to yield."""
+        if self._buffer is None or self._transform is None:
+            chunk = os.pread(descriptor, size, position)
+            return len(chunk), chunk
+        view = memoryview(self._buffer)[:size]
+        read = os.preadv(descriptor, [view], position)
+        return read, (self._transform(view[:read]) if read else b"")
+
+
+def _open_and_read(
+    path: Path, offset: int, size: int, reader: _Reader
+) -> tuple[int, int, Buffer]:
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        return descriptor, os.pread(descriptor, min(READ_CHUNK, length), offset)
+        return descriptor, *reader.read(descriptor, size, offset)
     except BaseException:
         os.close(descriptor)
         raise

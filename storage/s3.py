@@ -14,11 +14,14 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from storage.base import (
+    READ_CHUNK,
+    Buffer,
     ObjectInfo,
     ObjectNotFound,
     Readable,
     Store,
     StoreError,
+    Transform,
     check_object_key,
 )
 
@@ -29,7 +32,6 @@ T = TypeVar("T")
 # minio buffers one part in memory per upload; 8 MiB parts keep 20 concurrent
 # uploads well under 200 MB while staying large enough to be fast.
 PART_SIZE = 8 * 1024 * 1024
-READ_CHUNK = 256 * 1024
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
 
 
@@ -119,8 +121,13 @@ class S3Store(Store):
         )
 
     async def get(
-        self, key: str, offset: int, length: int
-    ) -> AsyncGenerator[bytes, None]:
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        chunk_size: int = READ_CHUNK,
+        transform: Transform | None = None,
+    ) -> AsyncGenerator[Buffer, None]:
         if length <= 0:
             return
         response = await self._run(self._open_range, self._name(key), offset, length)
@@ -128,8 +135,8 @@ class S3Store(Store):
             return
         try:
             while True:
-                chunk = await self._run(response.read, READ_CHUNK)
-                if not chunk:
+                chunk = await self._run(_read_chunk, response, chunk_size, transform)
+                if chunk is None:
                     return
                 yield chunk
         finally:
@@ -176,3 +183,11 @@ def _utc(moment: datetime.datetime | None) -> datetime.datetime:
     if moment is None:
         return datetime.datetime.now(datetime.UTC)
     return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+def _read_chunk(response: Any, size: int, transform: Transform | None) -> Buffer | None:
+    """The next chunk of a response body (transformed, if asked), None at its end."""
+    chunk: bytes = response.read(size)
+    if not chunk:
+        return None
+    return transform(chunk) if transform is not None else chunk

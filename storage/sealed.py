@@ -18,16 +18,20 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import metrics
-from storage.base import Store, new_object_key
+from storage.base import READ_CHUNK, Buffer, Store, new_object_key
 from storage.crypto import (
+    SEALED_SEGMENT_SIZE,
     EncryptingReader,
     IntegrityError,
-    decrypt_range,
+    RangeOpener,
     locate,
     new_data_key,
+    opened,
 )
 from storage.keys import Keyring, derive
 
+# Small objects (thumbnails, files kept in memory) are read in one go.
+READ_ALL_CHUNK = 16 * SEALED_SEGMENT_SIZE + 16
 # About 100 bytes each.
 DATA_KEYS_KEPT = 8192
 
@@ -79,7 +83,8 @@ class SealedStore:
         """The whole plaintext of a small object."""
         if sealed.size == 0:
             return b""
-        chunks = [chunk async for chunk in self.read(sealed, 0, sealed.size - 1)]
+        reader = self.read(sealed, 0, sealed.size - 1, chunk_size=READ_ALL_CHUNK)
+        chunks = [chunk async for chunk in reader]
         return b"".join(chunks)
 
     def rewrap(self, sealed: SealedObject) -> SealedObject:
@@ -104,16 +109,34 @@ class SealedStore:
         return data_key
 
     def read(
-        self, sealed: SealedObject, start: int, end: int
-    ) -> AsyncGenerator[bytes, None]:
-        """Plaintext bytes start..end inclusive, authenticated segment by segment.
+        self,
+        sealed: SealedObject,
+        start: int,
+        end: int,
+        chunk_size: int = READ_CHUNK,
+        reuse_buffers: bool = False,
+    ) -> AsyncGenerator[Buffer, None]:
+        """Plaintext bytes start..end inclusive, in chunks of about `chunk_size`.
 
+        Each chunk is read and decrypted in one of the store's worker threads, and
+        authenticated in full before it is yielded. With `reuse_buffers` a yielded
+        chunk is only valid until the next-but-one is asked for (a streaming reader
+        that sends each chunk before asking again allocates nothing per chunk).
         Raises ObjectNotFound/StoreError from the store and IntegrityError when the
         object does not authenticate or is shorter than `sealed.size` says.
         """
         where = locate(sealed.size, start, end)
-        chunks = self.store.get(sealed.key, where.offset, where.length)
-        return decrypt_range(chunks, self.data_key(sealed), sealed.size, start, end)
+        opener = RangeOpener(
+            self.data_key(sealed), sealed.size, start, end, reuse_buffers
+        )
+        chunks = self.store.get(
+            sealed.key,
+            where.offset,
+            where.length,
+            chunk_size=chunk_size,
+            transform=opener.feed,
+        )
+        return opened(chunks, opener)
 
     async def delete(self, key: str) -> None:
         with measured("delete"):

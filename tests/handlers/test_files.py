@@ -146,12 +146,13 @@ async def test_a_file_small_enough_to_keep_is_authenticated_whole_before_sending
     assert len(services.cache) == 1 and services.cache.get(file["id"]).body is None
 
 
-@pytest.mark.settings(cache_mb=0)  # streamed segment by segment, as large files are
+# Streamed a chunk (up to 1 MiB) at a time, as large files are.
+@pytest.mark.settings(cache_mb=0, max_upload_bytes=3_000_000)
 @pytest.mark.gen_test
-async def test_corruption_after_the_first_segment_cuts_the_connection(
+async def test_corruption_after_the_first_chunk_cuts_the_connection(
     http_client, base_url, services
 ):
-    content = payload(190_000, seed=7)
+    content = payload(2_500_000, seed=7)
     file = await stored(http_client, base_url, content)
     await flip_bit(services, -100)  # inside the last segment
     received = bytearray()

@@ -80,6 +80,31 @@ def test_three_mib_object_round_trips(store: Store) -> None:
     assert get(store, key, MIB - 3, 300_000) == content[MIB - 3 : MIB - 3 + 300_000]
 
 
+def test_get_passes_each_chunk_through_the_transform_in_a_worker_thread(
+    store: Store,
+) -> None:
+    key = new_object_key()
+    content = random.Random(3).randbytes(3 * MIB + 17)
+    put(store, key, content)
+    seen: list[tuple[int, bool]] = []
+
+    def transform(chunk: bytes) -> bytes:
+        on_loop = threading.current_thread() is threading.main_thread()
+        seen.append((len(chunk), on_loop))
+        return bytes(chunk)[::-1]  # the chunk itself is only valid during the call
+
+    async def gather() -> list[bytes | bytearray]:
+        reader = store.get(
+            key, 5, len(content) - 5, chunk_size=MIB, transform=transform
+        )
+        return [chunk async for chunk in reader]
+
+    chunks = asyncio.run(gather())
+    assert b"".join(chunk[::-1] for chunk in chunks) == content[5:]
+    assert [length for length, _ in seen] == [MIB, MIB, MIB, 12]
+    assert not any(on_loop for _, on_loop in seen)
+
+
 def test_empty_object_round_trips(store: Store) -> None:
     key = new_object_key()
     put(store, key, b"")
