@@ -25,6 +25,7 @@ import config
 import metrics
 from config import Settings, SettingsError
 from handlers import Services, make_app
+from handlers.accesslog import ACCESS_LOG
 from handlers.cache import FileCache
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchPolicy, FetchSlots
@@ -104,6 +105,7 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level_number)
+    ACCESS_LOG.write_to(handler)  # access lines in batches, in the same format
 
 
 def open_keyring(settings: Settings) -> Keyring:
@@ -175,6 +177,7 @@ def open_services(settings: Settings, master: Keyring, secret: bytes) -> Service
 
 
 async def close_services(services: Services) -> None:
+    ACCESS_LOG.flush()
     await services.views.flush()
     services.ingestor.close()
     await services.store.store.close()

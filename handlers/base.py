@@ -12,6 +12,7 @@ from tornado import httputil, iostream, web
 
 import metrics
 from config import Settings
+from handlers.accesslog import ACCESS_LOG
 from handlers.cache import Cached, FileCache
 from ingest import Ingestor
 from ingest.fetch import Fetcher, FetchSlots
@@ -23,7 +24,6 @@ from storage import IntegrityError, SealedStore, StoreError
 from storage.keys import DeploymentKeys, UnwrapError
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("imgyx.access")
 
 # A fallback code for statuses raised without one (Tornado's own 404 and 405).
 CODES_BY_STATUS = {
@@ -270,11 +270,7 @@ def log_answer(
     metrics.request(kind, status, received, sent)
     if request.path == "/api/upload" and request.method == "POST":
         metrics.upload_answered(request.request_time())
-    access_logger.info(
-        "%s %s %d %d %.1fms",
-        request.method,
-        request.path,
-        status,
-        sent,
-        1000.0 * request.request_time(),
+    ACCESS_LOG.add(
+        f"{request.method} {request.path} {status} {sent} "
+        f"{1000.0 * request.request_time():.1f}ms"
     )
