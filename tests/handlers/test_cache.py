@@ -4,7 +4,6 @@ and never a removed file, whichever process removed it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 
 import pytest
@@ -12,26 +11,13 @@ import pytest
 from handlers.cache import Cached, FileCache
 from models import files as catalog
 from models.epoch import Epoch
-from tests.conftest import multipart, payload
+from tests.conftest import payload
+from tests.handlers.test_serving import fetch
+from tests.handlers.test_serving import stored as upload
 
 SMALL = 50_000
 # Answers differ in Date only (and it may tick between two requests).
 VARYING = {"Date"}
-
-
-async def upload(http_client, base_url, content: bytes, name: str = "a.jpg") -> dict:
-    body, headers = multipart([("file", name, content)])
-    response = await http_client.fetch(
-        base_url + "/api/upload", method="POST", body=body, headers=headers
-    )
-    return json.loads(response.body)
-
-
-async def fetch(http_client, base_url, path, method="GET", **headers):
-    headers = {name.replace("_", "-"): value for name, value in headers.items()}
-    return await http_client.fetch(
-        base_url + path, method=method, headers=headers, raise_error=False
-    )
 
 
 def header_map(response) -> dict[str, list[str]]:
