@@ -215,7 +215,7 @@ class RawFileHandler(StoredContentHandler):
 # holds three chunks at most (one being sent, one being decrypted, one read).
 _streaming = 0
 STREAM_MEMORY = 3 * 1024 * 1024
-SMALLEST_CHUNK = 4 * SEALED_SEGMENT_SIZE
+SMALLEST_CHUNK = 2 * SEALED_SEGMENT_SIZE
 LARGEST_CHUNK = 16 * SEALED_SEGMENT_SIZE
 
 
