@@ -172,7 +172,11 @@ def open_services(settings: Settings, master: Keyring, secret: bytes) -> Service
         views=ViewCounter(database),
         fetcher=Fetcher(fetch_policy(settings)),
         fetch_slots=FetchSlots(settings.fetch_max_per_client),
-        cache=FileCache(Epoch(settings.data_dir), settings.cache_bytes),
+        cache=FileCache(
+            Epoch(settings.data_dir),
+            settings.cache_bytes,
+            database if settings.shared_database else None,
+        ),
     )
 
 

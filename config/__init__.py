@@ -159,15 +159,6 @@ def parse_log_level(raw: str) -> str:
     return value
 
 
-CACHE_AUTO = -1
-
-
-def parse_cache_mb(raw: str) -> int:
-    if raw.strip().lower() == "auto":
-        return CACHE_AUTO
-    return parse_non_negative_int(raw)
-
-
 def setting(
     default: Any, help: str, parse: Callable[[str], Any], shown: str | None = None
 ) -> Any:
@@ -315,13 +306,10 @@ class Settings:
         parse_non_negative_int,
     )
     cache_mb: int = setting(
-        CACHE_AUTO,
+        16,
         "MiB each worker may use to keep opened records and small files (up to "
-        "1/32 of it each) in memory; 0 turns the cache off. auto: 16 with SQLite, "
-        "0 with PostgreSQL, where other hosts may remove files this host cannot "
-        "hear about; processes sharing a data folder see removals at once.",
-        parse_cache_mb,
-        shown="auto",
+        "1/32 of it each) in memory; 0 turns the cache off.",
+        parse_non_negative_int,
     )
     idle_timeout: int = setting(
         60,
@@ -377,11 +365,13 @@ class Settings:
 
     @property
     def cache_bytes(self) -> int:
-        """The per-worker memory cache budget, with `auto` resolved."""
-        if self.cache_mb != CACHE_AUTO:
-            return self.cache_mb * 1024 * 1024
-        shared_database = self.database_url.lower().startswith("postgres")
-        return 0 if shared_database else 16 * 1024 * 1024
+        """The per-worker memory cache budget."""
+        return self.cache_mb * 1024 * 1024
+
+    @property
+    def shared_database(self) -> bool:
+        """Whether other hosts may use the same database (PostgreSQL)."""
+        return self.database_url.lower().startswith("postgres")
 
     @property
     def spool_folder(self) -> Path:

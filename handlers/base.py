@@ -226,7 +226,7 @@ class BaseHandler(web.RequestHandler):
         For raw content only: the cached record's view count is not kept current.
         """
         cache = self.services.cache
-        token = cache.token()
+        token = await cache.check()
         entry = cache.get(file_id)
         if entry is None:
             file = await self.find_file(file_id)

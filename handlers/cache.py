@@ -2,10 +2,17 @@
 
 What a raw answer needs (the opened record, its ETag, the headers of a plain 200
 and, for small files, the plaintext) is the same for every request until the file
-is removed. Entries are dropped, all at once, as soon as the removal epoch moves
-(see models.epoch), and an entry read while the epoch moved is not kept, so a
-removal that races a fill cannot leave a stale entry behind. Only plaintext that
-authenticated in full is kept.
+is removed. Entries are dropped, all at once, as soon as the count of removals
+moves, and an entry read while it moved is not kept, so a removal that races a
+fill cannot leave a stale entry behind. Only plaintext that authenticated in full
+is kept.
+
+Where the count lives depends on who can remove files. With SQLite every process
+is on this host, and the count is the removal epoch in shared memory (see
+models.epoch), read for free before each answer. With PostgreSQL other hosts
+remove files too, so every answer from memory first reads the database's count
+(`totals.removals`, bumped in the removing transaction): one small query instead
+of a record lookup and a store read.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from dataclasses import dataclass
 
 from tornado import httputil
 
+from models import Database
+from models import files as catalog
 from models.epoch import Epoch
 from models.records import FileView
 
@@ -41,22 +50,43 @@ class Cached:
 class FileCache:
     """A least-recently-used map of file ID to `Cached`, within a byte budget."""
 
-    def __init__(self, epoch: Epoch, budget: int) -> None:
+    def __init__(
+        self, epoch: Epoch, budget: int, database: Database | None = None
+    ) -> None:
+        """`database`: count removals there (other hosts share it), not in `epoch`."""
         self.epoch = epoch
         self.budget = budget
         self.max_item = budget // ITEM_SHARE
+        self.database = database
         self._entries: OrderedDict[str, Cached] = OrderedDict()
         self._used = 0
-        self._seen = epoch.value()
+        self._seen = 0 if database is not None else epoch.value()
         self.fast_answers = 0  # answered by handlers.fast, for tests and profiling
+
+    @property
+    def shared(self) -> bool:
+        """Whether answers from memory must first ask the database (`check`)."""
+        return self.database is not None and self.enabled
 
     @property
     def enabled(self) -> bool:
         return self.budget > 0
 
     def token(self) -> int:
-        """Take before reading what goes in the cache; give back to `put`."""
-        return self.epoch.value()
+        """Take before reading what goes in the cache; give back to `put`. With a
+        shared database, the count `check` read last."""
+        return self._seen if self.database is not None else self.epoch.value()
+
+    async def check(self) -> int:
+        """The token to use now. With a shared database this reads the removal
+        count, and drops every entry if it moved; call it before each answer."""
+        if not self.shared:
+            return self.token()
+        assert self.database is not None
+        count = await self.database.run(catalog.removals)
+        if count != self._seen:
+            self.clear(count)
+        return count
 
     def get(self, file_id: str) -> Cached | None:
         if not self._entries:

@@ -12,11 +12,13 @@ usual, so they stay the one place that decides what an answer is.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import peewee
 from tornado import httputil, web
 
 from handlers.base import Services, log_answer
@@ -55,8 +57,14 @@ class FastApplication(web.Application):
     ) -> httputil.HTTPMessageDelegate:
         entry = self._plain_hit(request)
         if entry is not None:
-            return CachedAnswer(self.services, request, entry)
+            return CachedAnswer(self, request, entry)
         return super().find_handler(request, **kwargs)
+
+    def route(
+        self, request: httputil.HTTPServerRequest
+    ) -> httputil.HTTPMessageDelegate:
+        """The handler's delegate for `request`, as if there were no fast path."""
+        return super().find_handler(request)
 
     def _plain_hit(self, request: httputil.HTTPServerRequest) -> Cached | None:
         if request.method not in ("GET", "HEAD") or request.query:
@@ -78,19 +86,61 @@ class FastApplication(web.Application):
 
 
 class CachedAnswer(httputil.HTTPMessageDelegate):
-    """Answers one plain request from a cache entry once the request is read."""
+    """Answers one plain request from a cache entry once the request is read.
+
+    With a shared database the entry is first checked against the database's count
+    of removals; an entry that did not survive the check hands the request to the
+    handlers, as if it had never been cached.
+    """
 
     def __init__(
-        self, services: Services, request: httputil.HTTPServerRequest, entry: Cached
+        self,
+        application: FastApplication,
+        request: httputil.HTTPServerRequest,
+        entry: Cached,
     ) -> None:
-        self.services = services
+        self.application = application
+        self.services = application.services
         self.request = request
         self.entry = entry
+        self._checking: asyncio.Task[None] | None = None
 
     def data_received(self, chunk: bytes) -> None:
         return None  # a body on a GET means nothing
 
     def finish(self) -> None:
+        if self.services.cache.shared:
+            # Counted as in flight while the check runs, so a stop waits for it.
+            self.services.in_flight.add(id(self))
+            self._checking = asyncio.ensure_future(self._check_then_answer())
+        else:
+            self._answer()
+
+    async def _check_then_answer(self) -> None:
+        cache = self.services.cache
+        try:
+            try:
+                await cache.check()
+                current = cache.get(self.entry.file.id) is self.entry
+            except (peewee.PeeweeException, OSError):
+                current = False  # the handler answers, with the error it meets
+            if current:
+                self._answer()
+            else:
+                self._hand_to_handler()
+        finally:
+            self.services.in_flight.discard(id(self))
+
+    def _hand_to_handler(self) -> None:
+        request = self.request
+        delegate = self.application.route(request)
+        start_line = httputil.RequestStartLine(
+            request.method or "GET", request.uri or "/", request.version
+        )
+        delegate.headers_received(start_line, request.headers)
+        delegate.finish()
+
+    def _answer(self) -> None:
         request, entry = self.request, self.entry
         assert request.connection is not None and entry.headers is not None
         body = b""

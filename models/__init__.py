@@ -59,6 +59,9 @@ class Totals(BaseModel):
     files = peewee.BigIntegerField(default=0)
     views = peewee.BigIntegerField(default=0)
     storage_bytes = peewee.BigIntegerField(default=0)
+    # Files removed (deleted or taken down) ever: memory caches compare it to tell
+    # whether what they hold may have gone.
+    removals = peewee.BigIntegerField(default=0)
 
     class Meta:
         table_name = "totals"

@@ -162,8 +162,16 @@ def remove(file_id: str, reason: str) -> File | None:
             files=Totals.files - 1,
             storage_bytes=Totals.storage_bytes - record.size,
             views=Totals.views - record.views,
+            removals=Totals.removals + 1,
         ).where(Totals.id == 1).execute()
     return record
+
+
+def removals() -> int:
+    """How many files were ever removed (see FileCache)."""
+    cursor = File._meta.database.execute_sql("SELECT removals FROM totals WHERE id = 1")
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def take_down(file_id: str, ban_content: bool, reason: str) -> File | None:

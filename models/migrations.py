@@ -33,10 +33,15 @@ def _initial(database: peewee.Database) -> None:
     Totals.insert(id=1).on_conflict_ignore().execute()
 
 
-def _add_missing_columns(database: peewee.Database, table: str, *fields: str) -> None:
+def _add_missing_columns(
+    database: peewee.Database,
+    table: str,
+    *fields: str,
+    model: type[peewee.Model] = File,
+) -> None:
     migrator = SchemaMigrator.from_database(database)
     present = {column.name for column in database.get_columns(table)}
-    model_fields = File._meta.fields
+    model_fields = model._meta.fields
     run_migrations(
         *(migrator.add_column(table, name, model_fields[name]) for name in fields
           if name not in present)
@@ -54,11 +59,16 @@ def _deletion(database: peewee.Database) -> None:
     _add_missing_columns(database, "files", "delete_token_hash")
 
 
+def _removal_count(database: peewee.Database) -> None:
+    _add_missing_columns(database, "totals", "removals", model=Totals)
+
+
 # Append only; never edit a migration that has shipped.
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _initial),
     (2, _thumbnails),
     (3, _deletion),
+    (4, _removal_count),
 ]
 
 

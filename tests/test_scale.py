@@ -194,6 +194,28 @@ def test_a_file_uploaded_on_one_server_is_served_by_the_other(start_servers):
     assert second.request(stored["url"]) == (200, content)
 
 
+def test_a_file_deleted_on_one_server_is_gone_from_the_others_memory(start_servers):
+    """Each server runs a worker per core, each keeping hot files in memory; a
+    delete on one machine must reach every worker of the other at once."""
+    first, second = start_servers("a", "b")
+    content = payload(40_000, seed=24)
+    stored = first.upload(content, "hot.bin")
+    for _ in range(10):  # new connections: every worker answers, from memory
+        assert second.request(stored["url"]) == (200, content)
+        assert first.request(stored["url"]) == (200, content)
+
+    status, _, _ = first.fetch(
+        f"/api/files/{stored['id']}",
+        headers={"X-Delete-Token": stored["delete_token"]},
+        method="DELETE",
+    )
+
+    assert status == 200
+    for _ in range(10):
+        assert second.request(stored["url"])[0] == 404
+        assert second.fetch(stored["url"], method="HEAD")[0] == 404
+
+
 def test_the_same_file_raced_to_both_servers_is_stored_once(
     start_servers, shared_environment, s3_server, s3_bucket, postgres_server
 ):
