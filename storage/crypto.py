@@ -76,6 +76,65 @@ class SegmentCipher:
             raise IntegrityError(f"segment {index} failed authentication") from None
 
 
+class StreamSealer:
+    """Seals plaintext that arrives in pieces, of a length not known in advance.
+
+    `seal()` returns the sealed bytes of every segment it can close, the header
+    first. Until `final`, the segment that may turn out to be the last (it carries
+    the last-segment flag) stays open: a segment is closed only once at least one
+    plaintext byte after it is known. Not thread-safe; one caller at a time.
+    """
+
+    def __init__(self, data_key: bytes) -> None:
+        if len(data_key) != DATA_KEY_SIZE:
+            raise ValueError("a data key is 32 bytes")
+        self._aead = AESGCM(data_key)
+        self._index = 0
+        self.finished = False
+
+    def seal(
+        self, plaintext: bytes | bytearray | memoryview, final: bool = False
+    ) -> tuple[bytearray, int]:
+        """Seal what can be closed of `plaintext` (the bytes after those already
+        sealed). Returns the sealed bytes and how many plaintext bytes they hold;
+        the caller passes the rest again, with more, next time. With `final`,
+        everything is sealed and the last segment flagged."""
+        if self.finished:
+            raise ValueError("the stream is already sealed to its end")
+        view = memoryview(plaintext)
+        length = len(view)
+        if final and not length and self._index:
+            # Only an empty object has an empty segment; see the class docstring.
+            raise ValueError("the last segment must hold the stream's last bytes")
+        if final:
+            count = max(1, -(-length // SEGMENT_SIZE))
+        else:
+            count = (length - 1) // SEGMENT_SIZE if length else 0
+        if self._index + count > MAX_SEGMENTS:
+            raise ValueError("file too large for the object format")
+        used = length if final else count * SEGMENT_SIZE
+        header = HEADER_SIZE if self._index == 0 and count else 0
+        sealed = bytearray(header + used + count * TAG_SIZE)
+        sealed[:header] = HEADER[:header]
+        self._seal_into(memoryview(sealed)[header:], view[:used], count, final)
+        self.finished = final
+        return sealed, used
+
+    def _seal_into(
+        self, out: memoryview, plaintext: memoryview, count: int, final: bool
+    ) -> None:
+        position = 0
+        for number in range(count):
+            piece = plaintext[number * SEGMENT_SIZE : (number + 1) * SEGMENT_SIZE]
+            size = len(piece) + TAG_SIZE
+            last = final and number == count - 1
+            nonce = _nonce(self._index, last)
+            target = out[position : position + size]
+            self._aead.encrypt_into(nonce, piece, HEADER, target)
+            position += size
+            self._index += 1
+
+
 class EncryptingReader:
     """A file-like reader of the sealed object for a plaintext file of known size.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import logging
 import os
 import secrets
@@ -28,6 +29,9 @@ T = TypeVar("T")
 READ_CHUNK = 256 * 1024
 WRITE_CHUNK = 1024 * 1024
 TEMP_SUFFIX = ".partial"
+# Why a hard link into the store may fail where a copy works: another file system,
+# or one without hard links.
+NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP})
 
 
 class LocalStore(Store):
@@ -56,6 +60,28 @@ class LocalStore(Store):
 
     async def put(self, key: str, source: Readable, length: int) -> None:
         await self._run(self._write, self._path(key), source, length)
+
+    async def put_file(self, key: str, path: Path, length: int) -> None:
+        await self._run(self._link, self._path(key), path, length)
+
+    def _link(self, path: Path, source: Path, length: int) -> None:
+        """Store a finished local file by linking it in, once it is on disk: no copy.
+
+        The name appears only when the file is complete, like a renamed temporary
+        file. Falls back to a copy across file systems."""
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        with open(source, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size == length:
+                os.fsync(handle.fileno())
+                try:
+                    os.link(source, path)
+                except OSError as error:
+                    if error.errno not in NO_LINK:
+                        raise
+                else:
+                    _fsync_folder(path.parent)
+                    return
+            self._write(path, handle, length)
 
     def _write(self, path: Path, source: Readable, length: int) -> None:
         path.parent.mkdir(exist_ok=True, mode=0o700)
