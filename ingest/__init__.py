@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import metrics
 from config import Settings
-from ingest.spool import Spool
+from ingest.spool import BufferPool, Spool
 from ingest.thumbnails import ALLOWED_TYPES, Thumbnailer
 from models import Database
 from models import files as catalog
@@ -26,6 +26,10 @@ from storage.sealed import SealedObject, SealedStore, seal_metadata
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SPOOL_THREADS = 4
+# About 2.3 MB each; uploads beyond this many at once allocate their own.
+SPOOL_BUFFERS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class Ingestor:
         self._thumbnailer = thumbnailer
         self._id_length = catalog.IdLength()
         # Hashing, sealing and writing spools, off the IO loop.
-        self._pool = ThreadPoolExecutor(4, thread_name_prefix="spool")
+        self._pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
+        self._buffers = BufferPool(keep=SPOOL_BUFFERS_KEPT)
 
     def close(self) -> None:
         self._thumbnailer.close()
@@ -78,6 +83,7 @@ class Ingestor:
             self._keys.fingerprinter(),
             new_data_key(),
             ALLOWED_TYPES,
+            self._buffers,
         )
 
     async def drain(self, spool: Spool) -> None:

@@ -12,17 +12,42 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ingest import mime
-from storage.crypto import StreamSealer
+from storage.crypto import SEGMENT_SIZE, StreamSealer, sealed_size
 
 HEAD_SIZE = 8192
 # Plaintext sealed at once by `seal_pending()`, the call callers run off the IO loop.
 BATCH_SIZE = 1024 * 1024
-# A spool nobody drains (a remote fetch) seals on the writer's thread past this.
-INLINE_LIMIT = 2 * BATCH_SIZE
+# Room for a batch and the chunk that completes it; a spool nobody drains (a remote
+# fetch) seals on the writer's thread whenever this is full.
+PLAINTEXT_ROOM = BATCH_SIZE + 2 * SEGMENT_SIZE
+# One buffer holds the plaintext to seal, then room for what it seals to.
+BUFFER_SIZE = PLAINTEXT_ROOM + sealed_size(PLAINTEXT_ROOM)
 
 
 class FileTooLarge(Exception):
     """More bytes arrived than the size limit allows."""
+
+
+class BufferPool:
+    """Buffers of BUFFER_SIZE for sealing spools, kept for the next ones: touching
+    fresh memory costs a page fault per page, and the allocator would hand big
+    buffers back to the kernel."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(BUFFER_SIZE)
+
+    def give_back(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buffer)
 
 
 class Spool:
@@ -34,8 +59,8 @@ class Spool:
     only when the content's type is one of `plaintext_types` (images to make
     thumbnails of): `plaintext_path` names it, or is None.
 
-    `write()` only counts and buffers until INLINE_LIMIT; `seal_pending()` seals the
-    buffer (blocking, thread-safe against `discard()`); `finish()` seals the rest.
+    `write()` only counts and buffers until the buffer is full; `seal_pending()`
+    seals it (blocking, thread-safe against `discard()`); `finish()` seals the rest.
     `discard()` removes the files; it is safe to call on every path, any number of
     times.
     """
@@ -47,6 +72,7 @@ class Spool:
         fingerprinter: hmac.HMAC,
         data_key: bytes | None = None,
         plaintext_types: Collection[str] = (),
+        buffers: BufferPool | None = None,
     ) -> None:
         self.limit = limit
         self.size = 0
@@ -57,7 +83,9 @@ class Spool:
         self._plaintext_types = plaintext_types
         self._mimetype: str | None = None
         self._sealer = StreamSealer(data_key) if data_key is not None else None
-        self._pending = bytearray()
+        self._buffers = buffers or BufferPool(0)
+        self._buffer: bytearray | None = None
+        self._filled = 0
         self._lock = threading.Lock()
         self._closed = False
         self.path, self._handle = _private_file(folder, ".spool")
@@ -86,13 +114,22 @@ class Spool:
             self._hash.update(chunk)
             self._handle.write(chunk)
             return
-        self._pending += chunk
-        if len(self._pending) >= INLINE_LIMIT:
-            self.seal_pending()
+        if self._closed:
+            raise ValueError("write to a closed spool")
+        if self._buffer is None:
+            self._buffer = self._buffers.take()
+        rest = memoryview(chunk)
+        while rest:
+            if self._filled == PLAINTEXT_ROOM:
+                self.seal_pending()
+            room = min(PLAINTEXT_ROOM - self._filled, len(rest))
+            self._buffer[self._filled : self._filled + room] = rest[:room]
+            self._filled += room
+            rest = rest[room:]
 
     def ready(self) -> bool:
         """True when a batch waits for `seal_pending()`."""
-        return self._sealer is not None and len(self._pending) >= BATCH_SIZE
+        return self._filled >= BATCH_SIZE
 
     def seal_pending(self) -> None:
         """Hash, seal and write the buffered plaintext (all but a last segment's
@@ -124,16 +161,22 @@ class Spool:
             return
         if not self._typed:
             self._keep_plaintext_if_wanted()
-        pending = self._pending
-        sealed, used = self._sealer.seal(pending, final)
-        if used:
-            plaintext = memoryview(pending)[:used]
-            self._hash.update(plaintext)
+        if self._buffer is None:
+            self._buffer = self._buffers.take()
+        buffer, filled = self._buffer, self._filled
+        with memoryview(buffer) as view:
+            plaintext = view[:filled]
+            written, used = self._sealer.seal_into(
+                plaintext, view[PLAINTEXT_ROOM:], final
+            )
+            self._hash.update(plaintext[:used])
             if self._plaintext is not None:
-                self._plaintext.write(plaintext)
-            plaintext.release()
-            del pending[:used]
-        self._handle.write(sealed)
+                self._plaintext.write(plaintext[:used])
+            self._handle.write(view[PLAINTEXT_ROOM : PLAINTEXT_ROOM + written])
+            if used and filled > used:
+                # The rest (at most a segment's worth) goes first next time.
+                view[: filled - used] = view[used:filled]
+        self._filled = filled - used
 
     def _keep_plaintext_if_wanted(self) -> None:
         # Called once the head is complete: at the first batch (far past HEAD_SIZE)
@@ -144,7 +187,10 @@ class Spool:
 
     def _close(self) -> None:
         self._closed = True
-        self._pending.clear()
+        self._filled = 0
+        if self._buffer is not None:
+            self._buffers.give_back(self._buffer)
+            self._buffer = None
         for handle in (self._handle, self._plaintext):
             if handle is not None and not handle.closed:
                 handle.close()

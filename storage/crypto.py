@@ -99,6 +99,20 @@ class StreamSealer:
         sealed). Returns the sealed bytes and how many plaintext bytes they hold;
         the caller passes the rest again, with more, next time. With `final`,
         everything is sealed and the last segment flagged."""
+        sealed = bytearray(sealed_size(len(plaintext)))
+        written, used = self.seal_into(plaintext, sealed, final)
+        del sealed[written:]
+        return sealed, used
+
+    def seal_into(
+        self,
+        plaintext: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
+        final: bool = False,
+    ) -> tuple[int, int]:
+        """`seal()` into `out`, which holds at least `sealed_size(len(plaintext))`
+        bytes. Returns how many bytes were written to `out` and how many plaintext
+        bytes they hold."""
         if self.finished:
             raise ValueError("the stream is already sealed to its end")
         view = memoryview(plaintext)
@@ -114,25 +128,20 @@ class StreamSealer:
             raise ValueError("file too large for the object format")
         used = length if final else count * SEGMENT_SIZE
         header = HEADER_SIZE if self._index == 0 and count else 0
-        sealed = bytearray(header + used + count * TAG_SIZE)
-        sealed[:header] = HEADER[:header]
-        self._seal_into(memoryview(sealed)[header:], view[:used], count, final)
-        self.finished = final
-        return sealed, used
-
-    def _seal_into(
-        self, out: memoryview, plaintext: memoryview, count: int, final: bool
-    ) -> None:
-        position = 0
+        target = memoryview(out)
+        target[:header] = HEADER[:header]
+        position = header
         for number in range(count):
-            piece = plaintext[number * SEGMENT_SIZE : (number + 1) * SEGMENT_SIZE]
+            piece = view[number * SEGMENT_SIZE : (number + 1) * SEGMENT_SIZE]
             size = len(piece) + TAG_SIZE
-            last = final and number == count - 1
-            nonce = _nonce(self._index, last)
-            target = out[position : position + size]
-            self._aead.encrypt_into(nonce, piece, HEADER, target)
+            nonce = _nonce(self._index, final and number == count - 1)
+            self._aead.encrypt_into(
+                nonce, piece, HEADER, target[position : position + size]
+            )
             position += size
             self._index += 1
+        self.finished = final
+        return position, used
 
 
 class EncryptingReader:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from ingest.spool import BATCH_SIZE, HEAD_SIZE, INLINE_LIMIT, FileTooLarge, Spool
+from ingest.spool import (
+    BATCH_SIZE,
+    HEAD_SIZE,
+    PLAINTEXT_ROOM,
+    BufferPool,
+    FileTooLarge,
+    Spool,
+)
 from storage.crypto import SEGMENT_SIZE, decrypt_range, sealed_size
 
 KEY = b"k" * 32
@@ -249,18 +256,49 @@ def test_sealed_spool_seals_in_batches_when_drained(tmp_path: Path) -> None:
     spool.discard()
 
 
-def test_undrained_sealed_spool_seals_on_the_writers_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk_size", [SEGMENT_SIZE, 3 * PLAINTEXT_ROOM])
+def test_undrained_sealed_spool_seals_on_the_writers_thread(
+    tmp_path: Path, chunk_size: int
+) -> None:
     # A remote fetch only writes: the spool must not buffer the whole file.
-    size = 3 * INLINE_LIMIT
+    size = 3 * PLAINTEXT_ROOM
+    data = content(size)
     spool = sealed_spool(tmp_path, limit=size)
 
-    for chunk in chunks(content(size), SEGMENT_SIZE):
+    for chunk in chunks(data, chunk_size):
         spool.write(chunk)
-        assert len(spool._pending) < INLINE_LIMIT
 
-    assert spool.path.stat().st_size > 2 * INLINE_LIMIT
+    assert spool.path.stat().st_size > 2 * PLAINTEXT_ROOM
     spool.finish()
+    assert opened(spool) == data
     spool.discard()
+
+
+def test_sealed_spools_reuse_the_buffers_of_finished_ones(tmp_path: Path) -> None:
+    pool = BufferPool(keep=1)
+    first = Spool(tmp_path, LIMIT, fingerprinter(), DATA_KEY, buffers=pool)
+    first.write(content(5000))
+    first.finish()
+    buffer = pool.take()
+    pool.give_back(buffer)
+
+    second = Spool(tmp_path, LIMIT, fingerprinter(), DATA_KEY, buffers=pool)
+    second.write(content(LIMIT))
+    assert pool.take() is not buffer
+    second.finish()
+
+    assert pool.take() is buffer
+    assert opened(second) == content(LIMIT)
+    first.discard()
+    second.discard()
+
+
+def test_write_to_a_discarded_sealed_spool_raises(tmp_path: Path) -> None:
+    spool = sealed_spool(tmp_path)
+    spool.discard()
+
+    with pytest.raises(ValueError, match="closed"):
+        spool.write(b"late")
 
 
 def test_sealed_spool_keeps_no_plaintext_of_other_types(tmp_path: Path) -> None:
