@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SPOOL_THREADS = 4
-# About 2.3 MB each; uploads beyond this many at once allocate their own.
+# About 1.2 MB each; uploads beyond this many at once allocate their own.
 SPOOL_BUFFERS_KEPT = 8
 
 

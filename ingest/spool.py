@@ -16,7 +16,7 @@ from storage.crypto import SEGMENT_SIZE, StreamSealer, sealed_size
 
 HEAD_SIZE = 8192
 # Plaintext sealed at once by `seal_pending()`, the call callers run off the IO loop.
-BATCH_SIZE = 1024 * 1024
+BATCH_SIZE = 512 * 1024
 # Room for a batch and the chunk that completes it; a spool nobody drains (a remote
 # fetch) seals on the writer's thread whenever this is full.
 PLAINTEXT_ROOM = BATCH_SIZE + 2 * SEGMENT_SIZE
