@@ -94,10 +94,6 @@ class Spool:
         self._typed = False
 
     @property
-    def sealed(self) -> bool:
-        return self._sealer is not None
-
-    @property
     def mimetype(self) -> str:
         """The content's type, from its first bytes (libmagic); blocking."""
         if self._mimetype is None:
