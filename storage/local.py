@@ -65,24 +65,24 @@ class LocalStore(Store):
         await self._run(self._link, self._path(key), path, length)
 
     def _link(self, path: Path, source: Path, length: int) -> None:
-        """Store a finished local file by linking it in, once it is on disk: no copy.
+        """Store a finished local file by linking it in: no copy. Falls back to a
+        copy across file systems, or when the file is not exactly `length` bytes.
 
-        The name appears only when the file is complete, like a renamed temporary
-        file. Falls back to a copy across file systems."""
+        The name appears complete at once, like a renamed temporary file, and is on
+        disk before this returns (a crash in between leaves an object that no
+        record names yet, which gc removes)."""
         path.parent.mkdir(exist_ok=True, mode=0o700)
         with open(source, "rb") as handle:
             descriptor = handle.fileno()
-            if os.fstat(descriptor).st_size == length:
-                os.fsync(descriptor)
-                _drop_from_cache(descriptor)
+            if os.fstat(descriptor).st_size == length and _linked(source, path):
                 try:
-                    os.link(source, path)
-                except OSError as error:
-                    if error.errno not in NO_LINK:
-                        raise
-                else:
+                    os.fsync(descriptor)
                     _fsync_folder(path.parent)
-                    return
+                except BaseException:
+                    path.unlink(missing_ok=True)  # a failed put leaves nothing
+                    raise
+                _drop_from_cache(descriptor)
+                return
             self._write(path, handle, length)
 
     def _write(self, path: Path, source: Readable, length: int) -> None:
@@ -181,6 +181,16 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _linked(source: Path, path: Path) -> bool:
+    try:
+        os.link(source, path)
+    except OSError as error:
+        if error.errno in NO_LINK:
+            return False
+        raise
+    return True
 
 
 def _drop_from_cache(descriptor: int) -> None:
