@@ -151,7 +151,7 @@ class UploadHandler(BaseHandler):
         for name, value in headers.items():
             self.set_header(name, value)
 
-    def data_received(self, chunk: bytes) -> None:
+    async def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
         self._received += len(chunk)
@@ -164,10 +164,16 @@ class UploadHandler(BaseHandler):
                 self._json += chunk
         except FileTooLarge:
             self._refuse(too_large(self.services.settings.max_upload_bytes))
+            return
         except MalformedMultipart as error:
             self._refuse(
                 ApiError(400, "INVALID_BODY", f"Malformed multipart body: {error}.")
             )
+            return
+        spool = self._reader.target.spool if self._reader is not None else None
+        if spool is not None:
+            # Tornado reads no more of the body until this returns: flow control.
+            await self.services.ingestor.drain(spool)
 
     def _refuse(self, error: ApiError) -> None:
         # Answer now, before the rest of the body; Tornado then drops the remaining

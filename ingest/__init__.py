@@ -3,23 +3,33 @@ encrypt, record."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import metrics
 from config import Settings
-from ingest import mime
-from ingest.spool import Spool
-from ingest.thumbnails import Thumbnailer
+from ingest.spool import BufferPool, Spool
+from ingest.thumbnails import ALLOWED_TYPES, Thumbnailer
 from models import Database
 from models import files as catalog
 from models.records import FileView, metadata_context, open_record
+from storage.crypto import new_data_key
 from storage.keys import DeploymentKeys
 from storage.sealed import SealedObject, SealedStore, seal_metadata
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SPOOL_THREADS = 4
+# About 1.2 MB each; uploads beyond this many at once allocate their own.
+SPOOL_BUFFERS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -56,16 +66,33 @@ class Ingestor:
         self._keys = keys
         self._thumbnailer = thumbnailer
         self._id_length = catalog.IdLength()
+        # Hashing, sealing and writing spools, off the IO loop.
+        self._pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
+        self._buffers = BufferPool(keep=SPOOL_BUFFERS_KEPT)
 
     def close(self) -> None:
         self._thumbnailer.close()
+        self._pool.shutdown(wait=True)
 
     def open_spool(self) -> Spool:
+        """A spool that seals the upload as it arrives, keeping the plaintext of
+        images only (for their thumbnails)."""
         return Spool(
             self._settings.spool_folder,
             self._settings.max_upload_bytes,
             self._keys.fingerprinter(),
+            new_data_key(),
+            ALLOWED_TYPES,
+            self._buffers,
         )
+
+    async def drain(self, spool: Spool) -> None:
+        """Seal what the spool has buffered, if a batch is ready, off the IO loop."""
+        if spool.ready():
+            await self._blocking(spool.seal_pending)
+
+    async def _blocking(self, function: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function)
 
     async def store(self, spool: Spool, file_name: str) -> Stored:
         """Store the finished spool under `file_name`, or find the record that has it.
@@ -73,19 +100,21 @@ class Ingestor:
         The spool is left for the caller to discard. On any failure after the object
         was put, the object is deleted again before the error propagates.
         """
-        fingerprint = spool.finish()
-        if await self._database.run(catalog.is_banned, fingerprint):
+        fingerprint = await self._blocking(spool.finish)
+        mimetype = spool.mimetype
+        known = await self._database.run(catalog.look_up, fingerprint)
+        if known.banned:
             raise Blocked("this content was banned")
-        mimetype = mime.detect(bytes(spool.head))
-        existing = await self._database.run(catalog.find_by_fingerprint, fingerprint)
-        if existing is not None:
+        if known.existing is not None:
             metrics.dedup_hit()
-            return Stored(open_record(existing, self._store), created=False)
+            return Stored(open_record(known.existing, self._store), created=False)
 
         put: list[SealedObject] = []
         try:
-            put.append(await self._store.put_file(spool.path, spool.size))
-            thumbnail = await self._thumbnailer.make(spool.path, mimetype)
+            put.append(await self._put(spool))
+            thumbnail = None
+            if spool.plaintext_path is not None:
+                thumbnail = await self._thumbnailer.make(spool.plaintext_path, mimetype)
             if thumbnail is not None:
                 put.append(await self._store.put_bytes(thumbnail.data))
             fields = {"name": file_name, "type": mimetype}
@@ -95,6 +124,11 @@ class Ingestor:
         except BaseException:
             await self._forget(put)
             raise
+
+    async def _put(self, spool: Spool) -> SealedObject:
+        if spool.data_key is None:
+            return await self._store.put_file(spool.path, spool.size)
+        return await self._store.put_sealed(spool.path, spool.size, spool.data_key)
 
     async def _record(
         self, put: list[SealedObject], fingerprint: str, fields: dict[str, str]

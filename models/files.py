@@ -94,6 +94,38 @@ def find_by_fingerprint(fingerprint: str) -> File | None:
     return File.get_or_none(File.fingerprint == fingerprint)
 
 
+# The queries of every upload are written as SQL: peewee takes ~50 times longer to
+# build one than the database to run it. `{p}` is the driver's placeholder.
+LOOK_UP_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM banned_content WHERE fingerprint = {p}),"
+    " (SELECT id FROM files WHERE fingerprint = {p})"
+)
+RETIRED_SQL = "SELECT 1 FROM retired_ids WHERE id = {p}"
+INSERT_SQL = "INSERT INTO files ({columns}) VALUES ({values})"
+TOTALS_SQL = (
+    "UPDATE totals SET files = files + 1, storage_bytes = storage_bytes + {p}"
+    " WHERE id = 1"
+)
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the catalog knows of a fingerprint."""
+
+    banned: bool
+    existing: File | None
+
+
+def look_up(fingerprint: str) -> Known:
+    """Whether the content is banned, and the record that holds it, in one query."""
+    database = File._meta.database
+    sql = LOOK_UP_SQL.format(p=database.param)
+    cursor = database.execute_sql(sql, (fingerprint, fingerprint))
+    banned, file_id = cursor.fetchone()
+    existing = None if file_id is None else find(str(file_id))
+    return Known(bool(banned), existing)
+
+
 def create(new: NewFile, file_id: str, metadata: bytes) -> File:
     """Insert the record and bump the totals in one transaction.
 
@@ -101,34 +133,46 @@ def create(new: NewFile, file_id: str, metadata: bytes) -> File:
     and IdTaken when the ID is in use; nothing is written in either case.
     """
     database = File._meta.database
+    param = database.param
+    record = _new_record(new, file_id, metadata)
+    fields = File._meta.sorted_fields
+    values = [field.db_value(record.__data__.get(field.name)) for field in fields]
+    insert = INSERT_SQL.format(
+        columns=", ".join(field.column_name for field in fields),
+        values=", ".join([param] * len(fields)),
+    )
     try:
         with database.atomic():
-            if RetiredId.get_or_none(RetiredId.id == file_id) is not None:
+            taken = database.execute_sql(RETIRED_SQL.format(p=param), (file_id,))
+            if taken.fetchone() is not None:
                 raise IdTaken(file_id)
-            record = File.create(
-                id=file_id,
-                size=new.size,
-                created_at=datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
-                fingerprint=new.fingerprint,
-                object_key=new.object_key,
-                wrapped_key=new.wrapped_key,
-                metadata=metadata,
-                thumbnail_key=new.thumbnail.key if new.thumbnail else None,
-                thumbnail_wrapped_key=new.thumbnail.wrapped_key
-                if new.thumbnail
-                else None,
-                thumbnail_size=new.thumbnail.size if new.thumbnail else None,
-                delete_token_hash=new.delete_token_hash,
-            )
-            Totals.update(
-                files=Totals.files + 1, storage_bytes=Totals.storage_bytes + new.size
-            ).where(Totals.id == 1).execute()
+            database.execute_sql(insert, values)
+            database.execute_sql(TOTALS_SQL.format(p=param), (new.size,))
     except peewee.IntegrityError:
         existing = find_by_fingerprint(new.fingerprint)
         if existing is not None:
             raise DuplicateContent(existing) from None
         raise IdTaken(file_id) from None
     return record
+
+
+def _new_record(new: NewFile, file_id: str, metadata: bytes) -> File:
+    """The record as it will be stored, built in memory (no query)."""
+    thumbnail = new.thumbnail
+    return File(
+        id=file_id,
+        size=new.size,
+        views=0,
+        created_at=_now(),
+        fingerprint=new.fingerprint,
+        object_key=new.object_key,
+        wrapped_key=new.wrapped_key,
+        metadata=metadata,
+        thumbnail_key=thumbnail.key if thumbnail else None,
+        thumbnail_wrapped_key=thumbnail.wrapped_key if thumbnail else None,
+        thumbnail_size=thumbnail.size if thumbnail else None,
+        delete_token_hash=new.delete_token_hash,
+    )
 
 
 class IdTaken(Exception):
@@ -191,12 +235,6 @@ def ban(fingerprint: str, reason: str) -> None:
         conflict_target=[BannedContent.fingerprint],
         update={BannedContent.reason: reason[:200], BannedContent.banned_at: now},
     ).execute()
-
-
-def is_banned(fingerprint: str) -> bool:
-    return (
-        BannedContent.get_or_none(BannedContent.fingerprint == fingerprint) is not None
-    )
 
 
 def _now() -> datetime.datetime:

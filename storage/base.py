@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -78,6 +79,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, key: str, source: Readable, length: int) -> None: ...
+
+    async def put_file(self, key: str, path: Path, length: int) -> None:
+        """`put` of the first `length` bytes of the local file at `path`.
+
+        The file stays where it is, and must not change afterwards: a backend may
+        store it by sharing its blocks (a hard link) instead of copying them.
+        """
+        with open(path, "rb") as source:
+            await self.put(key, source, length)
 
     @abc.abstractmethod
     def get(

@@ -91,6 +91,74 @@ class SegmentCipher:
             raise IntegrityError(f"segment {index} failed authentication") from None
 
 
+class StreamSealer:
+    """Seals plaintext that arrives in pieces, of a length not known in advance.
+
+    `seal()` returns the sealed bytes of every segment it can close, the header
+    first. Until `final`, the segment that may turn out to be the last (it carries
+    the last-segment flag) stays open: a segment is closed only once at least one
+    plaintext byte after it is known. Not thread-safe; one caller at a time.
+    """
+
+    def __init__(self, data_key: bytes) -> None:
+        if len(data_key) != DATA_KEY_SIZE:
+            raise ValueError("a data key is 32 bytes")
+        self._aead = AESGCM(data_key)
+        self._index = 0
+        self.finished = False
+
+    def seal(
+        self, plaintext: bytes | bytearray | memoryview, final: bool = False
+    ) -> tuple[bytearray, int]:
+        """Seal what can be closed of `plaintext` (the bytes after those already
+        sealed). Returns the sealed bytes and how many plaintext bytes they hold;
+        the caller passes the rest again, with more, next time. With `final`,
+        everything is sealed and the last segment flagged."""
+        sealed = bytearray(sealed_size(len(plaintext)))
+        written, used = self.seal_into(plaintext, sealed, final)
+        del sealed[written:]
+        return sealed, used
+
+    def seal_into(
+        self,
+        plaintext: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
+        final: bool = False,
+    ) -> tuple[int, int]:
+        """`seal()` into `out`, which holds at least `sealed_size(len(plaintext))`
+        bytes. Returns how many bytes were written to `out` and how many plaintext
+        bytes they hold."""
+        if self.finished:
+            raise ValueError("the stream is already sealed to its end")
+        view = memoryview(plaintext)
+        length = len(view)
+        if final and not length and self._index:
+            # Only an empty object has an empty segment; see the class docstring.
+            raise ValueError("the last segment must hold the stream's last bytes")
+        if final:
+            count = max(1, -(-length // SEGMENT_SIZE))
+        else:
+            count = (length - 1) // SEGMENT_SIZE if length else 0
+        if self._index + count > MAX_SEGMENTS:
+            raise ValueError("file too large for the object format")
+        used = length if final else count * SEGMENT_SIZE
+        header = HEADER_SIZE if self._index == 0 and count else 0
+        target = memoryview(out)
+        target[:header] = HEADER[:header]
+        position = header
+        for number in range(count):
+            piece = view[number * SEGMENT_SIZE : (number + 1) * SEGMENT_SIZE]
+            size = len(piece) + TAG_SIZE
+            nonce = _nonce(self._index, final and number == count - 1)
+            self._aead.encrypt_into(
+                nonce, piece, HEADER, target[position : position + size]
+            )
+            position += size
+            self._index += 1
+        self.finished = final
+        return position, used
+
+
 class EncryptingReader:
     """A file-like reader of the sealed object for a plaintext file of known size.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import logging
 import os
 import secrets
@@ -30,6 +31,9 @@ T = TypeVar("T")
 
 WRITE_CHUNK = 1024 * 1024
 TEMP_SUFFIX = ".partial"
+# Why a hard link into the store may fail where a copy works: another file system,
+# or one without hard links.
+NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP})
 
 
 class LocalStore(Store):
@@ -58,6 +62,30 @@ class LocalStore(Store):
 
     async def put(self, key: str, source: Readable, length: int) -> None:
         await self._run(self._write, self._path(key), source, length)
+
+    async def put_file(self, key: str, path: Path, length: int) -> None:
+        await self._run(self._link, self._path(key), path, length)
+
+    def _link(self, path: Path, source: Path, length: int) -> None:
+        """Store a finished local file by linking it in: no copy. Falls back to a
+        copy across file systems, or when the file is not exactly `length` bytes.
+
+        The name appears complete at once, like a renamed temporary file, and is on
+        disk before this returns (a crash in between leaves an object that no
+        record names yet, which gc removes)."""
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        with open(source, "rb") as handle:
+            descriptor = handle.fileno()
+            if os.fstat(descriptor).st_size == length and _linked(source, path):
+                try:
+                    os.fsync(descriptor)
+                    _fsync_folder(path.parent)
+                except BaseException:
+                    path.unlink(missing_ok=True)  # a failed put leaves nothing
+                    raise
+                _drop_from_cache(descriptor)
+                return
+            self._write(path, handle, length)
 
     def _write(self, path: Path, source: Readable, length: int) -> None:
         path.parent.mkdir(exist_ok=True, mode=0o700)
@@ -182,3 +210,23 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _linked(source: Path, path: Path) -> bool:
+    try:
+        os.link(source, path)
+    except OSError as error:
+        if error.errno in NO_LINK:
+            return False
+        raise
+    return True
+
+
+def _drop_from_cache(descriptor: int) -> None:
+    """Let the kernel reuse the page cache of a file that is on disk now.
+
+    An upload is written once and read later, if ever: it should not push hotter
+    pages out. Reused pages are also much cheaper to write into than fresh ones
+    (4-5 times on the VMs measured), so this speeds up the next uploads.
+    """
+    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -27,6 +27,7 @@ from storage.crypto import (
     locate,
     new_data_key,
     opened,
+    sealed_size,
 )
 from storage.keys import Keyring, derive
 
@@ -68,6 +69,15 @@ class SealedStore:
         with open(path, "rb") as plaintext, measured("put"):
             reader = EncryptingReader(plaintext, size, data_key)
             await self.store.put(key, reader, reader.length)
+        return SealedObject(key, self.master.wrap(data_key, key.encode()), size)
+
+    async def put_sealed(self, path: Path, size: int, data_key: bytes) -> SealedObject:
+        """Store the file at `path`, already sealed under `data_key` (a sealing
+        Spool's), that holds `size` bytes of plaintext. The file must not change
+        afterwards (the local store links it in)."""
+        key = new_object_key()
+        with measured("put"):
+            await self.store.put_file(key, path, sealed_size(size))
         return SealedObject(key, self.master.wrap(data_key, key.encode()), size)
 
     async def put_bytes(self, data: bytes) -> SealedObject:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from tornado import httpclient, iostream, tcpclient
 
 from handlers import Services
 from tests.conftest import TEST_LIMIT, multipart, payload
+
+MIB = 1024 * 1024
 
 
 async def upload(
@@ -54,6 +58,12 @@ async def raw_exchange(base_url: str, head: bytes, body_chunks: list[bytes]) -> 
 
 def spool_files(services: Services) -> list[Path]:
     return list(services.settings.spool_folder.glob("imgyx-*"))
+
+
+def png_image() -> bytes:
+    output = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 120, 220)).save(output, "PNG")
+    return output.getvalue()
 
 
 @pytest.mark.gen_test
@@ -400,3 +410,49 @@ async def test_client_gone_mid_upload_leaves_no_spool_and_no_record(
     assert spool_files(services) == []
     stats = await http_client.fetch(base_url + "/api/stats")
     assert json.loads(stats.body)["total_files"] == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.settings(max_upload_bytes=3 * MIB)
+async def test_large_upload_spools_only_ciphertext_and_reads_back_whole(
+    http_server, http_client, base_url, services
+):
+    content = payload(2 * MIB + 12345, seed=70)
+    host, port = base_url.split("//")[1].split(":")
+    stream = await tcpclient.TCPClient().connect(host, int(port))
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n'
+    tail = b"\r\n--b--\r\n"
+    await stream.write(
+        b"POST /api/upload HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: %d\r\n\r\n"
+        % (len(part) + len(content) + len(tail))
+        + part
+        + content[: 3 * MIB // 2]
+    )
+    for _ in range(200):
+        if sum(path.stat().st_size for path in spool_files(services)) > MIB:
+            break
+        await asyncio.sleep(0.01)
+    spooled = b"".join(path.read_bytes() for path in spool_files(services))
+    assert len(spooled) > MIB
+    assert content[MIB // 2 : MIB // 2 + 64] not in spooled
+
+    await stream.write(content[3 * MIB // 2 :] + tail)
+    answer = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), timeout=20)
+    assert answer.startswith(b"HTTP/1.1 201")
+    length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    document = json.loads(await stream.read_bytes(length))
+    stream.close()
+    stored = await http_client.fetch(base_url + document["url"])
+    assert stored.body == content
+    assert spool_files(services) == []
+
+
+@pytest.mark.gen_test
+async def test_image_upload_leaves_no_spool_files(http_client, base_url, services):
+    response = await upload(http_client, base_url, png_image(), "picture.png")
+
+    assert response.code == 201
+    assert json.loads(response.body)["thumbnail_url"] is not None
+    assert spool_files(services) == []

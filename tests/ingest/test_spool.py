@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
 
-from ingest.spool import HEAD_SIZE, FileTooLarge, Spool
+from ingest.spool import (
+    BATCH_SIZE,
+    HEAD_SIZE,
+    PLAINTEXT_ROOM,
+    BufferPool,
+    FileTooLarge,
+    Spool,
+)
+from storage.crypto import SEGMENT_SIZE, decrypt_range, sealed_size
 
 KEY = b"k" * 32
 LIMIT = 20_000
@@ -177,3 +186,177 @@ def test_spools_in_one_folder_do_not_share_a_file(tmp_path: Path) -> None:
     first.discard()
     assert second.path.exists()
     second.discard()
+
+
+# --- sealed as it arrives: what the ingestor opens --------------------------------
+
+DATA_KEY = bytes(range(32))
+PNG_HEAD = bytes.fromhex("89504e470d0a1a0a0000000d49484452")
+
+
+def sealed_spool(folder: Path, limit: int = LIMIT, types: frozenset[str] = frozenset()):
+    return Spool(folder, limit, fingerprinter(), DATA_KEY, types)
+
+
+def opened(spool: Spool) -> bytes:
+    """The plaintext of the sealed object in the spool file."""
+    sealed = spool.path.read_bytes()
+    assert len(sealed) == sealed_size(spool.size)
+    if not spool.size:
+        return b""
+    chunks = [sealed]
+
+    async def source() -> AsyncGenerator[bytes, None]:
+        for chunk in chunks:
+            yield chunk
+
+    async def collect() -> bytes:
+        parts = decrypt_range(source(), DATA_KEY, spool.size, 0, spool.size - 1)
+        return b"".join([part async for part in parts])
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("size", [0, 1, SEGMENT_SIZE, 3 * SEGMENT_SIZE + 5, LIMIT])
+@pytest.mark.parametrize("chunk_size", [1000, SEGMENT_SIZE + 3])
+def test_sealed_spool_holds_the_sealed_object_of_the_content(
+    tmp_path: Path, size: int, chunk_size: int
+) -> None:
+    data = content(size)
+    spool = sealed_spool(tmp_path, limit=max(LIMIT, size))
+
+    for chunk in chunks(data, chunk_size):
+        spool.write(chunk)
+        if spool.ready():
+            spool.seal_pending()
+    fingerprint = spool.finish()
+
+    assert opened(spool) == data
+    assert fingerprint == hmac.new(KEY, data, digestmod="sha256").hexdigest()
+    assert data[:16] not in spool.path.read_bytes() or size == 0
+    spool.discard()
+
+
+def test_sealed_spool_seals_in_batches_when_drained(tmp_path: Path) -> None:
+    size = 2 * BATCH_SIZE + 10
+    data = content(size)
+    spool = sealed_spool(tmp_path, limit=size)
+    batches = 0
+
+    for chunk in chunks(data, SEGMENT_SIZE):
+        spool.write(chunk)
+        if spool.ready():
+            spool.seal_pending()
+            batches += 1
+            assert not spool.ready()
+    spool.finish()
+
+    assert batches == 2
+    assert opened(spool) == data
+    spool.discard()
+
+
+@pytest.mark.parametrize("chunk_size", [SEGMENT_SIZE, 3 * PLAINTEXT_ROOM])
+def test_undrained_sealed_spool_seals_on_the_writers_thread(
+    tmp_path: Path, chunk_size: int
+) -> None:
+    # A remote fetch only writes: the spool must not buffer the whole file.
+    size = 3 * PLAINTEXT_ROOM
+    data = content(size)
+    spool = sealed_spool(tmp_path, limit=size)
+
+    for chunk in chunks(data, chunk_size):
+        spool.write(chunk)
+
+    assert spool.path.stat().st_size > 2 * PLAINTEXT_ROOM
+    spool.finish()
+    assert opened(spool) == data
+    spool.discard()
+
+
+def test_sealed_spools_reuse_the_buffers_of_finished_ones(tmp_path: Path) -> None:
+    pool = BufferPool(keep=1)
+    first = Spool(tmp_path, LIMIT, fingerprinter(), DATA_KEY, buffers=pool)
+    first.write(content(5000))
+    first.finish()
+    buffer = pool.take()
+    pool.give_back(buffer)
+
+    second = Spool(tmp_path, LIMIT, fingerprinter(), DATA_KEY, buffers=pool)
+    second.write(content(LIMIT))
+    assert pool.take() is not buffer
+    second.finish()
+
+    assert pool.take() is buffer
+    assert opened(second) == content(LIMIT)
+    first.discard()
+    second.discard()
+
+
+def test_write_to_a_discarded_sealed_spool_raises(tmp_path: Path) -> None:
+    spool = sealed_spool(tmp_path)
+    spool.discard()
+
+    with pytest.raises(ValueError, match="closed"):
+        spool.write(b"late")
+
+
+def test_sealed_spool_keeps_no_plaintext_of_other_types(tmp_path: Path) -> None:
+    spool = sealed_spool(tmp_path, types=frozenset({"image/png"}))
+    spool.write(content(5000))
+    spool.finish()
+
+    assert spool.mimetype == "application/octet-stream"
+    assert spool.plaintext_path is None
+    assert list(tmp_path.iterdir()) == [spool.path]
+    spool.discard()
+
+
+@pytest.mark.parametrize("size", [500, LIMIT])
+def test_sealed_spool_keeps_the_plaintext_of_wanted_types_privately(
+    tmp_path: Path, size: int
+) -> None:
+    data = (PNG_HEAD + content(size))[:size]
+    spool = sealed_spool(tmp_path, types=frozenset({"image/png"}))
+    for chunk in chunks(data, 4096):
+        spool.write(chunk)
+    spool.finish()
+
+    assert spool.mimetype == "image/png"
+    assert spool.plaintext_path is not None
+    assert spool.plaintext_path.parent == tmp_path
+    assert spool.plaintext_path.read_bytes() == data
+    assert stat.S_IMODE(spool.plaintext_path.stat().st_mode) == 0o600
+    assert opened(spool) == data
+    spool.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sealed_spool_discard_mid_upload_removes_every_file(tmp_path: Path) -> None:
+    spool = sealed_spool(tmp_path, 2 * BATCH_SIZE, frozenset({"image/png"}))
+    spool.write(PNG_HEAD + content(BATCH_SIZE))
+    spool.seal_pending()
+    assert len(list(tmp_path.iterdir())) == 2
+
+    spool.discard()
+    spool.seal_pending()
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sealed_spool_refuses_past_the_limit_before_buffering(tmp_path: Path) -> None:
+    spool = sealed_spool(tmp_path)
+    spool.write(content(LIMIT))
+
+    with pytest.raises(FileTooLarge):
+        spool.write(b"x")
+
+    assert spool.size == LIMIT
+    spool.discard()
+
+
+def test_sealed_spool_file_is_private_to_the_owner(tmp_path: Path) -> None:
+    spool = sealed_spool(tmp_path)
+
+    assert stat.S_IMODE(spool.path.stat().st_mode) == 0o600
+    spool.discard()

@@ -23,6 +23,7 @@ from storage.crypto import (
     IntegrityError,
     SealedRange,
     SegmentCipher,
+    StreamSealer,
     decrypt_range,
     locate,
     sealed_size,
@@ -418,3 +419,72 @@ def test_unknown_header_is_refused(header: bytes) -> None:
     outcome = decrypt(header + sealed[HEADER_SIZE:], data_key, 100, 0, 99)
     assert outcome.plaintext == b""
     assert isinstance(outcome.error, IntegrityError)
+
+
+def stream_seal(plaintext: bytes, data_key: bytes, pieces: Sequence[int]) -> bytes:
+    """Seal `plaintext` with a StreamSealer, handed over `pieces` bytes at a time."""
+    sealer = StreamSealer(data_key)
+    sealed = bytearray()
+    pending = bytearray()
+    position = 0
+    for size in itertools.cycle(pieces):
+        if position >= len(plaintext):
+            break
+        pending += plaintext[position : position + size]
+        position += size
+        out, used = sealer.seal(pending)
+        sealed += out
+        del pending[:used]
+    out, used = sealer.seal(pending, final=True)
+    assert used == len(pending)
+    return bytes(sealed + out)
+
+
+@property_settings
+@given(size=sizes, seed=seeds, pieces=read_sizes)
+def test_stream_sealer_writes_the_same_object_as_the_reader(
+    size: int, seed: int, pieces: list[int]
+) -> None:
+    plaintext = plaintext_of(size, seed)
+    data_key = data_key_of(seed)
+
+    sealed = stream_seal(plaintext, data_key, pieces)
+
+    assert sealed == seal(plaintext, data_key)
+    start, end = whole(size)
+    assert decrypt(sealed, data_key, size, start, end) == Outcome(plaintext, None)
+
+
+@pytest.mark.parametrize("size", [1, SEGMENT_SIZE, 2 * SEGMENT_SIZE])
+def test_stream_sealer_keeps_the_possibly_last_segment_open(size: int) -> None:
+    sealer = StreamSealer(data_key_of(1))
+
+    sealed, used = sealer.seal(bytes(size))
+
+    assert used == size - 1 - (size - 1) % SEGMENT_SIZE
+    expected_header = HEADER_SIZE if used else 0
+    assert len(sealed) == expected_header + used + used // SEGMENT_SIZE * TAG_SIZE
+
+
+def test_stream_sealer_refuses_an_empty_last_segment_after_full_ones() -> None:
+    sealer = StreamSealer(data_key_of(2))
+    _, used = sealer.seal(bytes(SEGMENT_SIZE + 1))
+    assert used == SEGMENT_SIZE
+
+    # The byte held back was the last one; sealing nothing instead is a caller's bug.
+    with pytest.raises(ValueError, match="last bytes"):
+        sealer.seal(b"", final=True)
+
+
+def test_stream_sealer_refuses_more_after_the_end() -> None:
+    sealer = StreamSealer(data_key_of(3))
+    sealer.seal(b"all of it", final=True)
+
+    with pytest.raises(ValueError, match="already sealed"):
+        sealer.seal(b"more")
+
+
+@pytest.mark.parametrize("length", [0, 16, 31, 33])
+def test_stream_sealer_refuses_a_data_key_that_is_not_32_bytes(length: int) -> None:
+    with pytest.raises(ValueError):
+        StreamSealer(bytes(length))

@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import io
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from storage.base import ObjectNotFound, StoreError, new_object_key
 from storage.local import TEMP_SUFFIX, LocalStore
-from tests.storage.support import GatedSource, descriptors_open_on, keys_listed, put
+from tests.storage.support import (
+    GatedSource,
+    descriptors_open_on,
+    get,
+    keys_listed,
+    put,
+)
 
 CONTENT = b"local store content\n" * 50
 
@@ -108,3 +115,66 @@ def test_abandoned_get_closes_its_file(local_store: LocalStore) -> None:
     first_length, during, after = asyncio.run(scenario())
     assert 0 < first_length < 600_000
     assert (during, after) == (1, 0)
+
+
+def test_put_file_links_the_finished_file_in_without_a_copy(
+    local_store: LocalStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "spooled"
+    source.write_bytes(CONTENT)
+    key = new_object_key()
+
+    asyncio.run(local_store.put_file(key, source, len(CONTENT)))
+
+    path = local_store.root / key[:2] / key
+    assert files_under(local_store.root) == [path]
+    assert path.stat().st_ino == source.stat().st_ino
+    source.unlink()
+    assert get(local_store, key) == CONTENT
+
+
+def test_put_file_copies_across_file_systems(tmp_path: Path) -> None:
+    # /dev/shm is a tmpfs on Linux: another file system than the test's folder.
+    shared_memory = Path("/dev/shm")
+    if not shared_memory.is_dir() or (
+        shared_memory.stat().st_dev == tmp_path.stat().st_dev
+    ):
+        pytest.skip("needs a second file system at /dev/shm")
+    store = LocalStore(tmp_path / "objects")
+    key = new_object_key()
+    with tempfile.NamedTemporaryFile(dir=shared_memory) as source:
+        source.write(CONTENT)
+        source.flush()
+        asyncio.run(store.put_file(key, Path(source.name), len(CONTENT)))
+        inode = Path(source.name).stat().st_ino
+    asyncio.run(store.close())
+
+    path = store.root / key[:2] / key
+    assert files_under(store.root) == [path]
+    assert path.stat().st_ino != inode
+    assert path.read_bytes() == CONTENT
+
+
+def test_put_file_stores_only_the_length_asked_for(
+    local_store: LocalStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "longer"
+    source.write_bytes(CONTENT + b"tail")
+    key = new_object_key()
+
+    asyncio.run(local_store.put_file(key, source, len(CONTENT)))
+
+    assert get(local_store, key) == CONTENT
+    assert (local_store.root / key[:2] / key).stat().st_ino != source.stat().st_ino
+
+
+def test_put_file_of_a_short_file_fails_and_leaves_nothing(
+    local_store: LocalStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "short"
+    source.write_bytes(CONTENT)
+
+    with pytest.raises(StoreError, match="early"):
+        asyncio.run(local_store.put_file(new_object_key(), source, len(CONTENT) + 1))
+
+    assert files_under(local_store.root) == []

@@ -14,6 +14,7 @@ from storage.crypto import (
     SEALED_SEGMENT_SIZE,
     SEGMENT_SIZE,
     IntegrityError,
+    StreamSealer,
     sealed_size,
 )
 from storage.keys import MasterKey, UnwrapError
@@ -278,3 +279,42 @@ def test_tampered_metadata_fails(position: int) -> None:
     sealed[position] ^= 0x80
     with pytest.raises(IntegrityError):
         open_metadata(DATA_KEY, CONTEXT, bytes(sealed))
+
+
+def sealed_spool_of(spool: Path, content: bytes, data_key: bytes) -> Path:
+    """A spool file holding `content` sealed under `data_key`, as a Spool writes it."""
+    sealer = StreamSealer(data_key)
+    path = spool / f"sealed-{len(list(spool.iterdir()))}"
+    sealed, _ = sealer.seal(content, final=True)
+    path.write_bytes(sealed)
+    return path
+
+
+@pytest.mark.parametrize("size", [0, 1, SIZE])
+def test_put_sealed_stores_the_spool_as_a_readable_object(
+    sealed_store: SealedStore, spool: Path, size: int
+) -> None:
+    data_key = random.Random(size).randbytes(32)
+    content = PLAINTEXT[:size]
+    path = sealed_spool_of(spool, content, data_key)
+
+    record = asyncio.run(sealed_store.put_sealed(path, size, data_key))
+    path.unlink()
+
+    assert OBJECT_KEY_PATTERN.match(record.key)
+    assert record.size == size
+    assert object_path(sealed_store, record).stat().st_size == sealed_size(size)
+    assert sealed_store.data_key(record) == data_key
+    if size:
+        assert read(sealed_store, record, 0, size - 1) == content
+
+
+def test_put_sealed_of_a_spool_sealed_under_another_key_does_not_read(
+    sealed_store: SealedStore, spool: Path
+) -> None:
+    path = sealed_spool_of(spool, PLAINTEXT, bytes(32))
+
+    record = asyncio.run(sealed_store.put_sealed(path, SIZE, bytes(range(32))))
+
+    with pytest.raises(IntegrityError):
+        read(sealed_store, record, 0, 10)

@@ -328,3 +328,16 @@ def test_invalid_key_is_refused(store: Store, operation: str, key: str) -> None:
     with pytest.raises(ValueError, match="object key"):
         asyncio.run(OPERATIONS[operation](store, key))
     assert keys_listed(store) == set()
+
+
+def test_put_file_stores_the_file_as_put_would(store: Store, tmp_path) -> None:
+    source = tmp_path / "finished"
+    content = random.Random(4).randbytes(MIB + 5)
+    source.write_bytes(content)
+    key = new_object_key()
+
+    asyncio.run(store.put_file(key, source, len(content)))
+
+    source.unlink()
+    assert asyncio.run(store.stat(key)).size == len(content)
+    assert get(store, key, 0, len(content)) == content
