@@ -199,8 +199,12 @@ async def prepare_store(services: Services) -> None:
         logger.error("object store not ready: %s", error)
 
 
-async def housekeeping(services: Services) -> None:
-    """Every couple of seconds: write view counts, drop expired rate windows."""
+async def housekeeping(services: Services, malloc: Malloc | None = None) -> None:
+    """Every couple of seconds: write view counts, drop expired rate windows, give
+    freed memory back."""
+    services.ingestor.release_idle_buffers()
+    if malloc is not None:
+        malloc.trim()
     await services.views.flush()
     services.store.master.refresh()  # pick up a master-key rotation in progress
     if not services.store_ready:
@@ -222,14 +226,17 @@ def make_http_server(services: Services) -> httpserver.HTTPServer:
 
 
 async def serve(
-    settings: Settings, sockets: list[socket.socket], secrets: tuple[Keyring, bytes]
+    settings: Settings,
+    sockets: list[socket.socket],
+    secrets: tuple[Keyring, bytes],
+    malloc: Malloc | None = None,
 ) -> None:
     services = open_services(settings, *secrets)
     await prepare_store(services)
     server = make_http_server(services)
     server.add_sockets(sockets)
     ticker = ioloop.PeriodicCallback(
-        lambda: housekeeping(services), FLUSH_SECONDS * 1000
+        lambda: housekeeping(services, malloc), FLUSH_SECONDS * 1000
     )
     ticker.start()
 
@@ -259,22 +266,28 @@ async def drain(services: Services, timeout: float) -> None:
                        len(services.in_flight), timeout)  # fmt: skip
 
 
-def return_freed_memory() -> None:
-    """Ask glibc's malloc to give large freed blocks back to the system at once.
+class Malloc:
+    """glibc's malloc, told to give freed memory back to the system.
 
-    Streams allocate their buffers (256 KiB to 1 MiB) when they start and free them
+    Streams allocate their buffers (128 KiB to 1 MiB) when they start and free them
     when they end. By default malloc raises its mmap threshold after such frees and
     then keeps later buffers in per-thread arenas, which hold on to freed memory: a
     worker's footprint then follows past peaks instead of current work. A fixed
-    threshold (and few arenas) keeps it following the streams in flight.
+    threshold and two arenas keep it following the transfers in flight, and
+    `trim()` (every housekeeping round) returns what bursts left free.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return  # not glibc: nothing to tune
-    mallopt(M_MMAP_THRESHOLD, 256 * 1024)
-    mallopt(M_ARENA_MAX, 2)
+
+    def __init__(self) -> None:
+        try:
+            self._libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+            self._libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+            self._libc.mallopt(M_ARENA_MAX, 2)
+        except (OSError, AttributeError):
+            self._libc = None  # not glibc: nothing to tune
+
+    def trim(self) -> None:
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imgyx: {error}", file=sys.stderr)
         return 2
     configure_logging(settings)
-    return_freed_memory()
+    malloc = Malloc()
     if arguments.command:
         services = open_services(settings, *secrets)
         return commands.run(services, arguments, close_services)
@@ -308,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return supervise()
         finally:
             shutil.rmtree(shared or "", ignore_errors=True)
-    asyncio.run(serve(settings, sockets, secrets))
+    asyncio.run(serve(settings, sockets, secrets, malloc))
     return 0
 
 

@@ -70,6 +70,10 @@ class Ingestor:
         self._pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
         self._buffers = BufferPool(keep=SPOOL_BUFFERS_KEPT)
 
+    def release_idle_buffers(self) -> None:
+        """Give back spool buffers no upload used lately (housekeeping calls it)."""
+        self._buffers.release_if_idle()
+
     def close(self) -> None:
         self._thumbnailer.close()
         self._pool.shutdown(wait=True)

@@ -37,12 +37,22 @@ class BufferPool:
         self._keep = keep
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
+        self._taken = False
 
     def take(self) -> bytearray:
         with self._lock:
+            self._taken = True
             if self._free:
                 return self._free.pop()
         return bytearray(BUFFER_SIZE)
+
+    def release_if_idle(self) -> None:
+        """Drop the kept buffers if none was taken since the last call: they serve
+        bursts of uploads, and need not stay once the burst is over."""
+        with self._lock:
+            if not self._taken:
+                self._free.clear()
+            self._taken = False
 
     def give_back(self, buffer: bytearray) -> None:
         with self._lock:

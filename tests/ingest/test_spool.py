@@ -360,3 +360,18 @@ def test_sealed_spool_file_is_private_to_the_owner(tmp_path: Path) -> None:
 
     assert stat.S_IMODE(spool.path.stat().st_mode) == 0o600
     spool.discard()
+
+
+def test_kept_buffers_are_dropped_once_no_upload_takes_them() -> None:
+    pool = BufferPool(keep=2)
+    first, second = pool.take(), pool.take()
+    pool.give_back(first)
+    pool.give_back(second)
+    pool.release_if_idle()  # taken since the last round: kept
+    again = pool.take()
+    assert again is first or again is second
+    pool.give_back(again)
+    pool.release_if_idle()  # taken again: still kept
+    pool.release_if_idle()  # a round with no upload: dropped
+    fresh = pool.take()
+    assert fresh is not first and fresh is not second
