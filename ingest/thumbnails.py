@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import multiprocessing
+import signal
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,31 +101,99 @@ def _encode(image: Image.Image) -> Thumbnail:
     return Thumbnail(output.getvalue(), "image/jpeg")
 
 
+# Seconds a new pool may take to start its first process.
+STARTUP_SECONDS = 30.0
+
+
+def _started() -> bool:
+    return True
+
+
+def _render_bounded(path: Path, max_side: int, seconds: float) -> Thumbnail:
+    """`render` in a pool process that the kernel ends if it runs past `seconds`.
+
+    A decoder busy in C never returns to Python to notice a timeout, so the bound is
+    SIGALRM left at its default action: the process dies, and its pool with it.
+    """
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return render(path, max_side)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 class Thumbnailer:
-    """Renders thumbnails in a small thread pool, each within a time bound."""
+    """Renders thumbnails in a small pool of processes, each within a time bound.
+
+    Processes, not threads: decoders hold the GIL for long stretches (a large WebP
+    stalled the IO loop for 0.6 s from a thread), a slow image can be stopped for
+    real, and the memory a big decode leaves behind goes with its process instead
+    of staying in the server's heap. The pool starts on the first image and is
+    made anew after one of its processes was stopped or crashed.
+    """
 
     def __init__(
-        self, timeout: float, max_side: int = MAX_SIDE, threads: int = 2
+        self, timeout: float, max_side: int = MAX_SIDE, processes: int = 2
     ) -> None:
         self._timeout = timeout
         self._max_side = max_side
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="thumbnails")
+        self._processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def _ready_pool(self) -> ProcessPoolExecutor:
+        """The pool, started and with a process up: starting one (a fresh
+        interpreter importing Pillow) is not the image's time."""
+        pool = self._pool
+        if pool is None:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context(
+                "forkserver" if "forkserver" in methods else "spawn"
+            )
+            pool = self._pool = ProcessPoolExecutor(self._processes, mp_context=context)
+            await asyncio.wait_for(
+                asyncio.wrap_future(pool.submit(_started)), STARTUP_SECONDS
+            )
+        return pool
 
     async def make(self, path: Path, mimetype: str) -> Thumbnail | None:
         """A thumbnail of the file, or None (not an image we render, or it failed)."""
         if mimetype not in ALLOWED_TYPES:
             return None
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._pool, render, path, self._max_side)
+        # The process's own bound runs a little past ours, so we never wait on it.
+        hard_bound = self._timeout + 0.5
+        pool = None
         try:
-            return await asyncio.wait_for(work, self._timeout)
+            pool = await self._ready_pool()
+            try:
+                future = pool.submit(_render_bounded, path, self._max_side, hard_bound)
+            except BrokenProcessPool:  # found broken since its last image
+                self._discard(pool)
+                pool = await self._ready_pool()
+                future = pool.submit(_render_bounded, path, self._max_side, hard_bound)
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
         except TimeoutError:
             metrics.thumbnail_failed()
             logger.warning("thumbnail took longer than %.2f s; skipped", self._timeout)
+            if pool is not None:
+                self._discard(pool)  # its process is about to be stopped
+        except BrokenProcessPool:
+            metrics.thumbnail_failed()
+            logger.warning("a thumbnail process ended abruptly; skipped")
+            if pool is not None:
+                self._discard(pool)
         except Exception as error:  # noqa: BLE001 - any failure means "no thumbnail"
             metrics.thumbnail_failed()
             logger.info("no thumbnail: %s", type(error).__name__)
         return None
 
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        """Start the next image on a new pool; work already in this one finishes
+        (or fails) as it would have."""
+        if self._pool is pool:
+            self._pool = None
+        pool.shutdown(wait=False)
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

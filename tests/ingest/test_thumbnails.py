@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import multiprocessing
+import signal
 import struct
 import time
 import warnings
@@ -17,7 +19,13 @@ import pytest
 from PIL import ExifTags, Image, ImageCms, features
 from PIL.PngImagePlugin import PngInfo
 
-from ingest.thumbnails import MAX_SIDE, Thumbnail, Thumbnailer, render
+from ingest.thumbnails import (
+    MAX_SIDE,
+    Thumbnail,
+    Thumbnailer,
+    _render_bounded,
+    render,
+)
 
 SECRET = "imgyx-secret-marker"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -458,6 +466,40 @@ def test_within_the_timeout_the_same_thumbnailer_renders(tmp_path: Path) -> None
 
     assert thumbnail is not None
     assert opened(thumbnail).size == (480, 360)
+
+
+def test_after_a_timeout_the_next_image_still_gets_a_thumbnail(tmp_path: Path) -> None:
+    slow = tmp_path / "big.webp"
+    slow.write_bytes(webp_canvas(6000, 6000))
+    fine = saved(quadrants(), tmp_path / "fine.png", "PNG")
+    thumbnailer = Thumbnailer(0.05)
+
+    async def both() -> tuple[Thumbnail | None, Thumbnail | None]:
+        first = await thumbnailer.make(slow, "image/webp")
+        thumbnailer._timeout = 10.0  # the same pool manager, a fair bound now
+        return first, await thumbnailer.make(fine, "image/png")
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        thumbnailer.close()
+
+    assert first is None
+    assert second is not None
+    assert opened(second).size == (480, 360)
+
+
+def test_a_render_past_its_hard_bound_ends_its_process(tmp_path: Path) -> None:
+    # What stops a decoder that never returns to Python: SIGALRM, default action.
+    slow = tmp_path / "big.webp"
+    slow.write_bytes(webp_canvas(6000, 6000))
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(target=_render_bounded, args=(slow, 480, 0.05))
+
+    process.start()
+    process.join(30)
+
+    assert process.exitcode == -signal.SIGALRM
 
 
 def cpu_seconds(work: Callable[[], object]) -> float:
