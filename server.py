@@ -8,17 +8,20 @@ import contextlib
 import ctypes
 import gc
 import logging
+import mmap
 import os
 import re
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from tornado import httpserver, ioloop, netutil
+from tornado import httpserver, ioloop, iostream, netutil
 
 import commands
 import config
@@ -35,7 +38,7 @@ from models import files as catalog
 from models.epoch import Epoch
 from models.migrations import migrate
 from models.views import ViewCounter
-from storage import SealedStore, StoreError, make_store
+from storage import SealedStore, StoreError, buffers, make_store
 from storage.keys import (
     DeploymentKeys,
     Keyring,
@@ -49,6 +52,8 @@ FLUSH_SECONDS = 2.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Tornado's own body limit for routes that do not stream; the upload route raises it.
 SMALL_BODY_LIMIT = 64 * 1024
+# How long a worker busier than another waits before it takes a new connection.
+BALANCE_DELAY = 0.005
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -203,6 +208,7 @@ async def housekeeping(services: Services, malloc: Malloc | None = None) -> None
     """Every couple of seconds: write view counts, drop expired rate windows, give
     freed memory back."""
     services.ingestor.release_idle_buffers()
+    buffers.STREAMS.release_if_idle()
     if malloc is not None:
         malloc.trim()
     await services.views.flush()
@@ -215,9 +221,52 @@ async def housekeeping(services: Services, malloc: Malloc | None = None) -> None
         logger.exception("could not purge expired rate-limit windows")
 
 
-def make_http_server(services: Services) -> httpserver.HTTPServer:
+class HTTPServer(httpserver.HTTPServer):
+    """Tornado's server, counting its open connections for `Balance`."""
+
+    balance: Balance | None = None
+    connections = 0
+
+    def handle_stream(self, stream: iostream.IOStream, address: Any) -> None:
+        self._count(+1)
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        self._count(-1)
+        super().on_close(server_conn)
+
+    def _count(self, change: int) -> None:
+        self.connections += change
+        if self.balance is not None:
+            self.balance.publish(self.connections)
+
+
+class Balance:
+    """How many connections each worker has open, in memory the workers share
+    (mapped before they fork), so a worker can leave a new connection to a less
+    busy one."""
+
+    SLOT = struct.Struct("q")
+
+    def __init__(self, workers: int) -> None:
+        self._counts = mmap.mmap(-1, self.SLOT.size * workers)
+        self._workers = workers
+        self.index = 0  # set in each worker after the fork
+
+    def publish(self, connections: int) -> None:
+        self.SLOT.pack_into(self._counts, self.SLOT.size * self.index, connections)
+
+    def least_elsewhere(self) -> int:
+        return min(
+            int(self.SLOT.unpack_from(self._counts, self.SLOT.size * worker)[0])
+            for worker in range(self._workers)
+            if worker != self.index
+        )
+
+
+def make_http_server(services: Services) -> HTTPServer:
     """The HTTP server with our limits; the tests serve through it too."""
-    return httpserver.HTTPServer(
+    return HTTPServer(
         make_app(services),
         max_body_size=SMALL_BODY_LIMIT,
         idle_connection_timeout=services.settings.idle_timeout,
@@ -225,16 +274,77 @@ def make_http_server(services: Services) -> httpserver.HTTPServer:
     )
 
 
+def listen(server: HTTPServer, sockets: list[socket.socket]) -> Callable[[], None]:
+    """Serve connections on `sockets`, accepting one per wakeup; returns the call
+    that stops listening.
+
+    Tornado accepts every connection waiting at once, so with workers sharing one
+    socket the first awake takes a whole burst: four downloads starting together
+    all landed in one worker while the other idled. Here a worker takes one at a
+    time, and one with more connections open than another worker waits a moment
+    (BALANCE_DELAY) before it takes one, so the less busy worker gets it first.
+    """
+    loop = asyncio.get_running_loop()
+    waiting: set[int] = set()
+
+    def accept(listener: socket.socket) -> None:
+        try:
+            connection, address = listener.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return  # another worker took it, or the client gave up
+        except OSError as error:  # out of descriptors, say: the next wakeup retries
+            logger.warning("could not accept a connection: %s", error)
+            return
+        stream = iostream.IOStream(
+            connection,
+            max_buffer_size=server.max_buffer_size,
+            read_chunk_size=server.read_chunk_size,
+        )
+        server.handle_stream(stream, address)
+
+    def ready(listener: socket.socket) -> None:
+        balance = server.balance
+        if balance is None or server.connections <= balance.least_elsewhere():
+            accept(listener)
+            return
+        # Busier than another worker: give it the first chance.
+        loop.remove_reader(listener.fileno())
+        waiting.add(listener.fileno())
+        loop.call_later(BALANCE_DELAY, resume, listener)
+
+    def resume(listener: socket.socket) -> None:
+        if listener.fileno() not in waiting:
+            return  # stopped meanwhile
+        waiting.discard(listener.fileno())
+        accept(listener)  # still there: nobody else took it
+        loop.add_reader(listener.fileno(), ready, listener)
+
+    for listener in sockets:
+        loop.add_reader(listener.fileno(), ready, listener)
+
+    def stop() -> None:
+        for listener in sockets:
+            if listener.fileno() in waiting:
+                waiting.discard(listener.fileno())
+            else:
+                loop.remove_reader(listener.fileno())
+            listener.close()
+
+    return stop
+
+
 async def serve(
     settings: Settings,
     sockets: list[socket.socket],
     secrets: tuple[Keyring, bytes],
     malloc: Malloc | None = None,
+    balance: Balance | None = None,
 ) -> None:
     services = open_services(settings, *secrets)
     await prepare_store(services)
     server = make_http_server(services)
-    server.add_sockets(sockets)
+    server.balance = balance
+    stop_listening = listen(server, sockets)
     ticker = ioloop.PeriodicCallback(
         lambda: housekeeping(services, malloc), FLUSH_SECONDS * 1000
     )
@@ -248,7 +358,7 @@ async def serve(
     await stopping.wait()
 
     logger.info("stopping: no new connections; finishing requests in flight")
-    server.stop()
+    stop_listening()
     await drain(services, settings.shutdown_timeout)
     await server.close_all_connections()
     ticker.stop()
@@ -316,27 +426,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         # What was imported so far is never collected: the collector then never
         # writes to those pages, and the workers keep sharing them with us.
         gc.freeze()
-    if workers > 1 and not fork_workers(workers):
-        try:
-            return supervise()
-        finally:
-            shutil.rmtree(shared or "", ignore_errors=True)
-    asyncio.run(serve(settings, sockets, secrets, malloc))
+    balance = Balance(workers) if workers > 1 else None
+    if balance is not None:
+        index = fork_workers(workers)
+        if index is None:
+            try:
+                return supervise()
+            finally:
+                shutil.rmtree(shared or "", ignore_errors=True)
+        balance.index = index
+    asyncio.run(serve(settings, sockets, secrets, malloc, balance))
     return 0
 
 
 _children: set[int] = set()
 
 
-def fork_workers(count: int) -> bool:
-    """Fork `count` workers sharing the listening sockets; True in a worker."""
-    for _ in range(count):
+def fork_workers(count: int) -> int | None:
+    """Fork `count` workers sharing the listening sockets: in a worker, its number
+    (0 to count - 1); None in the parent."""
+    for index in range(count):
         pid = os.fork()
         if pid == 0:
             _children.clear()
-            return True
+            return index
         _children.add(pid)
-    return False
+    return None
 
 
 def supervise() -> int:

@@ -3,7 +3,6 @@ Range, conditional requests and caching as a static file server does them."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import email.utils
 import logging
@@ -19,7 +18,7 @@ from handlers.content import SANDBOX_POLICY, content_disposition, delivery
 from models.records import FileView
 from storage import IntegrityError, StoreError
 from storage.base import Buffer
-from storage.crypto import SEALED_SEGMENT_SIZE
+from storage.crypto import SEALED_SEGMENT_SIZE, SEGMENT_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -178,21 +177,15 @@ class RawFileHandler(StoredContentHandler):
     async def _pipe(
         self, file: FileView, first: Buffer, chunks: AsyncIterator[Buffer]
     ) -> None:
-        """Send the chunks, reading and decrypting the next one (in a store thread)
-        while the connection sends this one: at most two chunks wait per client."""
+        """Send the chunks; the store reads and decrypts the next one (in its
+        threads) while the connection sends this one. A chunk is only asked for once
+        the one before it is sent: the buffers are reused, two chunks per client."""
         connection = self.request.connection
         assert connection is not None
-        chunk: Buffer | None = first
-        upcoming = asyncio.ensure_future(anext(chunks, None))
         try:
-            while chunk is not None:
-                self.bytes_sent += len(chunk)
-                # Tornado's connection takes any buffer; waiting for the write is
-                # the flow control.
-                await connection.write(chunk)  # type: ignore[arg-type]
-                chunk = await upcoming
-                if chunk is not None:
-                    upcoming = asyncio.ensure_future(anext(chunks, None))
+            await self._write(connection, first)
+            async for chunk in chunks:
+                await self._write(connection, chunk)
         except iostream.StreamClosedError:
             return  # the client went away: a cancelled download is not an error
         except (StoreError, IntegrityError) as error:
@@ -200,11 +193,12 @@ class RawFileHandler(StoredContentHandler):
             # a short body instead of unauthenticated bytes.
             logger.error("file %s failed while streaming: %s", file.id, error)
             connection.close()  # type: ignore[attr-defined]
-        finally:
-            # The reader closes only once its read in flight is over.
-            await asyncio.wait([upcoming])
-            if not upcoming.cancelled():
-                upcoming.exception()  # retrieved: what it was is handled above
+
+    async def _write(self, connection: httputil.HTTPConnection, chunk: Buffer) -> None:
+        self.bytes_sent += len(chunk)
+        # Tornado's connection takes any buffer; waiting for the write is the flow
+        # control.
+        await connection.write(chunk)  # type: ignore[arg-type]
 
     def _send(self, chunk: bytes) -> None:
         self.bytes_sent += len(chunk)
@@ -222,6 +216,12 @@ LARGEST_CHUNK = 16 * SEALED_SEGMENT_SIZE
 def stream_chunk_size(streams: int) -> int:
     """Bytes to read and decrypt at a time: large chunks (fewer trips between the
     loop and the store threads) when few clients download, small when many do, so
-    memory follows the number of clients, not the file size."""
+    memory follows the number of clients, not the file size. A power of two of
+    segments, so streams of any size share the same few buffer sizes."""
     share = STREAM_MEMORY // (3 * max(streams, 1))
-    return max(SMALLEST_CHUNK, min(LARGEST_CHUNK, share))
+    segments = LARGEST_CHUNK // SEALED_SEGMENT_SIZE
+    while segments > SMALLEST_CHUNK // SEALED_SEGMENT_SIZE and (
+        segments * SEGMENT_SIZE > share
+    ):
+        segments //= 2
+    return segments * SEALED_SEGMENT_SIZE

@@ -14,11 +14,12 @@ from typing import TypeVar
 
 import metrics
 from config import Settings
-from ingest.spool import BufferPool, Spool
+from ingest.spool import BUFFER_SIZE, Spool
 from ingest.thumbnails import ALLOWED_TYPES, Thumbnailer
 from models import Database
 from models import files as catalog
 from models.records import FileView, metadata_context, open_record
+from storage.buffers import BufferPool
 from storage.crypto import new_data_key
 from storage.keys import DeploymentKeys
 from storage.sealed import SealedObject, SealedStore, seal_metadata
@@ -68,7 +69,7 @@ class Ingestor:
         self._id_length = catalog.IdLength()
         # Hashing, sealing and writing spools, off the IO loop.
         self._pool = ThreadPoolExecutor(SPOOL_THREADS, thread_name_prefix="spool")
-        self._buffers = BufferPool(keep=SPOOL_BUFFERS_KEPT)
+        self._buffers = BufferPool(keep_bytes=SPOOL_BUFFERS_KEPT * BUFFER_SIZE)
 
     def release_idle_buffers(self) -> None:
         """Give back spool buffers no upload used lately (housekeeping calls it)."""

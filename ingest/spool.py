@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ingest import mime
+from storage.buffers import BufferPool
 from storage.crypto import SEGMENT_SIZE, StreamSealer, sealed_size
 
 HEAD_SIZE = 8192
@@ -26,38 +27,6 @@ BUFFER_SIZE = PLAINTEXT_ROOM + sealed_size(PLAINTEXT_ROOM)
 
 class FileTooLarge(Exception):
     """More bytes arrived than the size limit allows."""
-
-
-class BufferPool:
-    """Buffers of BUFFER_SIZE for sealing spools, kept for the next ones: touching
-    fresh memory costs a page fault per page, and the allocator would hand big
-    buffers back to the kernel."""
-
-    def __init__(self, keep: int) -> None:
-        self._keep = keep
-        self._free: list[bytearray] = []
-        self._lock = threading.Lock()
-        self._taken = False
-
-    def take(self) -> bytearray:
-        with self._lock:
-            self._taken = True
-            if self._free:
-                return self._free.pop()
-        return bytearray(BUFFER_SIZE)
-
-    def release_if_idle(self) -> None:
-        """Drop the kept buffers if none was taken since the last call: they serve
-        bursts of uploads, and need not stay once the burst is over."""
-        with self._lock:
-            if not self._taken:
-                self._free.clear()
-            self._taken = False
-
-    def give_back(self, buffer: bytearray) -> None:
-        with self._lock:
-            if len(self._free) < self._keep:
-                self._free.append(buffer)
 
 
 class Spool:
@@ -123,7 +92,7 @@ class Spool:
         if self._closed:
             raise ValueError("write to a closed spool")
         if self._buffer is None:
-            self._buffer = self._buffers.take()
+            self._buffer = self._buffers.take(BUFFER_SIZE)
         rest = memoryview(chunk)
         while rest:
             if self._filled == PLAINTEXT_ROOM:
@@ -168,7 +137,7 @@ class Spool:
         if not self._typed:
             self._keep_plaintext_if_wanted()
         if self._buffer is None:
-            self._buffer = self._buffers.take()
+            self._buffer = self._buffers.take(BUFFER_SIZE)
         buffer, filled = self._buffer, self._filled
         with memoryview(buffer) as view:
             plaintext = view[:filled]

@@ -12,11 +12,13 @@ import io
 import logging
 import multiprocessing
 import signal
+import threading
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, features
 
@@ -101,35 +103,53 @@ def _encode(image: Image.Image) -> Thumbnail:
     return Thumbnail(output.getvalue(), "image/jpeg")
 
 
-# Seconds a new pool may take to start its first process.
-STARTUP_SECONDS = 30.0
-
-
-def _started() -> bool:
-    return True
-
-
-def _render_bounded(path: Path, max_side: int, seconds: float) -> Thumbnail:
-    """`render` in a pool process that the kernel ends if it runs past `seconds`.
-
-    A decoder busy in C never returns to Python to notice a timeout, so the bound is
-    SIGALRM left at its default action: the process dies, and its pool with it.
-    """
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def _render_in_child(writer: Connection, path: Path, max_side: int) -> None:
+    """The forked child: render, send back the thumbnail or the error's name."""
+    # The parent's loop wakes on signals through this descriptor; its handlers are
+    # not the child's. A stop signal just ends the child.
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
     try:
-        return render(path, max_side)
+        outcome: Thumbnail | str = render(path, max_side)
+    except Exception as error:  # noqa: BLE001 - reported to the parent by name
+        outcome = type(error).__name__
+    writer.send(outcome)
+
+
+class ChildEnded(Exception):
+    """The render process ended without an answer (a crash in a decoder, say)."""
+
+
+def _collect(process: Any, reader: Connection, timeout: float) -> Thumbnail:
+    """Wait (in a thread) for the child's answer; stop it past `timeout`."""
+    try:
+        if not reader.poll(timeout):
+            raise TimeoutError
+        outcome = reader.recv()
+    except EOFError:
+        raise ChildEnded from None
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if process.is_alive():
+            process.kill()
+        process.join()
+        reader.close()
+    if isinstance(outcome, str):
+        raise ValueError(outcome)
+    assert isinstance(outcome, Thumbnail)
+    return outcome
 
 
 class Thumbnailer:
-    """Renders thumbnails in a small pool of processes, each within a time bound.
+    """Renders each thumbnail in a process of its own, forked for it and ended
+    within a time bound.
 
-    Processes, not threads: decoders hold the GIL for long stretches (a large WebP
-    stalled the IO loop for 0.6 s from a thread), a slow image can be stopped for
-    real, and the memory a big decode leaves behind goes with its process instead
-    of staying in the server's heap. The pool starts on the first image and is
-    made anew after one of its processes was stopped or crashed.
+    A process, not a thread: decoders hold the GIL for long stretches (a large WebP
+    stalled the IO loop for 0.6 s from a thread), a decoder busy in C can only be
+    stopped for real by ending its process, and the memory a big decode takes goes
+    back to the system with it, instead of staying in the server's heap. Forked
+    from the server, a child shares its pages (Pillow and its plugins are loaded
+    before), so it costs a few milliseconds and little memory; none is kept idle.
     """
 
     def __init__(
@@ -137,63 +157,44 @@ class Thumbnailer:
     ) -> None:
         self._timeout = timeout
         self._max_side = max_side
-        self._processes = processes
-        self._pool: ProcessPoolExecutor | None = None
-
-    async def _ready_pool(self) -> ProcessPoolExecutor:
-        """The pool, started and with a process up: starting one (a fresh
-        interpreter importing Pillow) is not the image's time."""
-        pool = self._pool
-        if pool is None:
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context(
-                "forkserver" if "forkserver" in methods else "spawn"
-            )
-            pool = self._pool = ProcessPoolExecutor(self._processes, mp_context=context)
-            await asyncio.wait_for(
-                asyncio.wrap_future(pool.submit(_started)), STARTUP_SECONDS
-            )
-        return pool
+        self._context = multiprocessing.get_context("fork")
+        # Threads that wait on the children, one per child at most.
+        self._waiters = ThreadPoolExecutor(processes, thread_name_prefix="thumbnails")
+        self._slots = threading.BoundedSemaphore(processes)
+        Image.init()  # every plugin imported now, not in each child
 
     async def make(self, path: Path, mimetype: str) -> Thumbnail | None:
         """A thumbnail of the file, or None (not an image we render, or it failed)."""
         if mimetype not in ALLOWED_TYPES:
             return None
-        # The process's own bound runs a little past ours, so we never wait on it.
-        hard_bound = self._timeout + 0.5
-        pool = None
+        loop = asyncio.get_running_loop()
         try:
-            pool = await self._ready_pool()
-            try:
-                future = pool.submit(_render_bounded, path, self._max_side, hard_bound)
-            except BrokenProcessPool:  # found broken since its last image
-                self._discard(pool)
-                pool = await self._ready_pool()
-                future = pool.submit(_render_bounded, path, self._max_side, hard_bound)
-            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+            return await loop.run_in_executor(self._waiters, self._render, path)
         except TimeoutError:
             metrics.thumbnail_failed()
             logger.warning("thumbnail took longer than %.2f s; skipped", self._timeout)
-            if pool is not None:
-                self._discard(pool)  # its process is about to be stopped
-        except BrokenProcessPool:
+        except ChildEnded:
             metrics.thumbnail_failed()
-            logger.warning("a thumbnail process ended abruptly; skipped")
-            if pool is not None:
-                self._discard(pool)
+            logger.warning("a thumbnail process ended without an answer; skipped")
         except Exception as error:  # noqa: BLE001 - any failure means "no thumbnail"
             metrics.thumbnail_failed()
-            logger.info("no thumbnail: %s", type(error).__name__)
+            logger.info("no thumbnail: %s", error)
         return None
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        """Start the next image on a new pool; work already in this one finishes
-        (or fails) as it would have."""
-        if self._pool is pool:
-            self._pool = None
-        pool.shutdown(wait=False)
+    def _render(self, path: Path) -> Thumbnail:
+        """Fork, render in the child, collect (blocking; in a waiter thread)."""
+        with self._slots:
+            reader, writer = self._context.Pipe(duplex=False)
+            process = self._context.Process(
+                target=_render_in_child,
+                args=(writer, path, self._max_side),
+                daemon=True,
+            )
+            try:
+                process.start()
+            finally:
+                writer.close()
+            return _collect(process, reader, self._timeout)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._waiters.shutdown(wait=False, cancel_futures=True)

@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from storage.base import Buffer
+from storage.buffers import STREAMS
 
 MAGIC = b"IGYX"
 VERSION = 1
@@ -264,7 +265,9 @@ class RangeOpener:
         self._last = where.last_segment
         self._need_header = where.offset == 0
         self._pending = bytearray()  # a header or segment split between chunks
-        self._buffers = [bytearray(), bytearray()] if reuse_buffers else None
+        self._buffers: list[bytearray | None] | None = (
+            [None, None] if reuse_buffers else None
+        )
         self._turn = 0
 
     def feed(self, chunk: Buffer) -> memoryview:
@@ -330,10 +333,22 @@ class RangeOpener:
         if self._buffers is None:
             return memoryview(bytearray(size))
         buffer = self._buffers[self._turn]
-        if len(buffer) < size:
-            buffer = self._buffers[self._turn] = bytearray(size)
+        if buffer is None or len(buffer) < size:
+            if buffer is not None:
+                STREAMS.give_back(buffer)
+            # Whole segments, so a pool serves streams of any file size.
+            buffer = STREAMS.take(-(-size // SEGMENT_SIZE) * SEGMENT_SIZE)
+            self._buffers[self._turn] = buffer
         self._turn ^= 1
         return memoryview(buffer)[:size]
+
+    def release(self) -> None:
+        """Hand reused output buffers back; nothing `feed` returned is used after."""
+        if self._buffers is not None:
+            for buffer in self._buffers:
+                if buffer is not None:
+                    STREAMS.give_back(buffer)
+            self._buffers = [None, None]
 
     def _trim(self, out: memoryview, base: int) -> memoryview:
         low = max(self._start - base, 0)
@@ -376,4 +391,5 @@ async def opened(
                 yield plaintext
     finally:
         await chunks.aclose()
+        opener.release()
     opener.finish()

@@ -78,12 +78,16 @@ class S3Store(Store):
         )
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="s3-store")
 
-    async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _submit(
+        self, function: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> asyncio.Future[T]:
+        """Start `function` in the pool now (not on the loop's next turn)."""
         loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, lambda: function(*args, **kwargs))
+
+    async def _result(self, work: asyncio.Future[T]) -> T:
         try:
-            return await loop.run_in_executor(
-                self._pool, lambda: function(*args, **kwargs)
-            )
+            return await work
         except S3Error as error:
             if error.code in MISSING_CODES:
                 raise ObjectNotFound("object not found") from None
@@ -95,6 +99,9 @@ class S3Store(Store):
             ValueError,
         ) as error:
             raise StoreError(f"s3: {type(error).__name__}: {error}") from error
+
+    async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._result(self._submit(function, *args, **kwargs))
 
     def _name(self, key: str) -> str:
         return self.prefix + check_object_key(key)
@@ -133,13 +140,25 @@ class S3Store(Store):
         response = await self._run(self._open_range, self._name(key), offset, length)
         if response is None:
             return
+        # The next chunk is read ahead, submitted before this one is yielded: the
+        # caller sends a chunk while the next is read and transformed.
+        ahead: asyncio.Future[Buffer | None] | None = self._submit(
+            _read_chunk, response, chunk_size, transform
+        )
         try:
-            while True:
-                chunk = await self._run(_read_chunk, response, chunk_size, transform)
+            while ahead is not None:
+                chunk = await self._result(ahead)
+                ahead = None
                 if chunk is None:
                     return
+                ahead = self._submit(_read_chunk, response, chunk_size, transform)
                 yield chunk
         finally:
+            if ahead is not None:
+                # Closed early: the read in flight still uses the response.
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()
             response.close()
             response.release_conn()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -174,3 +175,51 @@ def test_worker_processes_serve_as_one_and_stop_together(data_dir):
     server.stop()
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists()
+
+
+def server_side_socket(port: int, client_port: int) -> int:
+    """The inode of the server's end of the loopback connection from `client_port`."""
+    wanted = (f"0100007F:{port:04X}", f"0100007F:{client_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == wanted:
+            return int(fields[9])
+    raise AssertionError(f"no server socket for client port {client_port}")
+
+
+def sockets_of(pid: int) -> set[int]:
+    inodes = set()
+    for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(descriptor.readlink())
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+def test_keep_alive_connections_are_spread_over_the_workers(data_dir):
+    # Tornado alone lets the first worker awake accept a whole burst.
+    server = Server(data_dir, IMGYX_PROCESSES="2")
+    clients: list[socket.socket] = []
+    try:
+        workers = [int(pid) for pid in worker_pids(server.process.pid)]
+        assert len(workers) == 2
+        host, port = server.base.removeprefix("http://").split(":")
+        for _ in range(4):
+            client = socket.create_connection((host, int(port)), timeout=10)
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: imgyx\r\n\r\n")
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")
+            clients.append(client)  # kept open: keep-alive
+
+        owners = []
+        for client in clients:
+            inode = server_side_socket(int(port), client.getsockname()[1])
+            owners.append([pid for pid in workers if inode in sockets_of(pid)])
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+
+    assert all(len(owner) == 1 for owner in owners), owners
+    per_worker = [sum(owner == [pid] for owner in owners) for pid in workers]
+    assert per_worker == [2, 2]

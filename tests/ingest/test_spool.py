@@ -12,6 +12,7 @@ import pytest
 
 from ingest.spool import (
     BATCH_SIZE,
+    BUFFER_SIZE,
     HEAD_SIZE,
     PLAINTEXT_ROOM,
     BufferPool,
@@ -275,19 +276,19 @@ def test_undrained_sealed_spool_seals_on_the_writers_thread(
 
 
 def test_sealed_spools_reuse_the_buffers_of_finished_ones(tmp_path: Path) -> None:
-    pool = BufferPool(keep=1)
+    pool = BufferPool(keep_bytes=BUFFER_SIZE)
     first = Spool(tmp_path, LIMIT, fingerprinter(), DATA_KEY, buffers=pool)
     first.write(content(5000))
     first.finish()
-    buffer = pool.take()
+    buffer = pool.take(BUFFER_SIZE)
     pool.give_back(buffer)
 
     second = Spool(tmp_path, LIMIT, fingerprinter(), DATA_KEY, buffers=pool)
     second.write(content(LIMIT))
-    assert pool.take() is not buffer
+    assert pool.take(BUFFER_SIZE) is not buffer
     second.finish()
 
-    assert pool.take() is buffer
+    assert pool.take(BUFFER_SIZE) is buffer
     assert opened(second) == content(LIMIT)
     first.discard()
     second.discard()
@@ -363,15 +364,15 @@ def test_sealed_spool_file_is_private_to_the_owner(tmp_path: Path) -> None:
 
 
 def test_kept_buffers_are_dropped_once_no_upload_takes_them() -> None:
-    pool = BufferPool(keep=2)
-    first, second = pool.take(), pool.take()
+    pool = BufferPool(keep_bytes=2 * BUFFER_SIZE)
+    first, second = pool.take(BUFFER_SIZE), pool.take(BUFFER_SIZE)
     pool.give_back(first)
     pool.give_back(second)
     pool.release_if_idle()  # taken since the last round: kept
-    again = pool.take()
+    again = pool.take(BUFFER_SIZE)
     assert again is first or again is second
     pool.give_back(again)
     pool.release_if_idle()  # taken again: still kept
     pool.release_if_idle()  # a round with no upload: dropped
-    fresh = pool.take()
+    fresh = pool.take(BUFFER_SIZE)
     assert fresh is not first and fresh is not second

@@ -7,13 +7,16 @@ import asyncio
 import io
 import logging
 import multiprocessing
+import os
 import signal
 import struct
 import time
 import warnings
 import zlib
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import ExifTags, Image, ImageCms, features
@@ -21,9 +24,10 @@ from PIL.PngImagePlugin import PngInfo
 
 from ingest.thumbnails import (
     MAX_SIDE,
+    ChildEnded,
     Thumbnail,
     Thumbnailer,
-    _render_bounded,
+    _collect,
     render,
 )
 
@@ -489,17 +493,49 @@ def test_after_a_timeout_the_next_image_still_gets_a_thumbnail(tmp_path: Path) -
     assert opened(second).size == (480, 360)
 
 
-def test_a_render_past_its_hard_bound_ends_its_process(tmp_path: Path) -> None:
-    # What stops a decoder that never returns to Python: SIGALRM, default action.
+def _sleep_then_answer(writer: Connection) -> None:
+    time.sleep(30)
+    writer.send("late")
+
+
+def _child_with_pipe(target: Callable[..., None]) -> tuple[Any, Connection]:
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=target, args=(writer,), daemon=True)
+    process.start()
+    writer.close()
+    return process, reader
+
+
+def test_a_render_past_its_timeout_is_killed_not_waited_for() -> None:
+    process, reader = _child_with_pipe(_sleep_then_answer)
+    started = time.monotonic()
+
+    with pytest.raises(TimeoutError):
+        _collect(process, reader, 0.1)
+
+    assert time.monotonic() - started < 5
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_a_render_process_that_dies_without_answering_is_reported() -> None:
+    process, reader = _child_with_pipe(lambda writer: os._exit(3))
+
+    with pytest.raises(ChildEnded):
+        _collect(process, reader, 10.0)
+
+    assert process.exitcode == 3
+
+
+def test_no_render_process_outlives_its_thumbnail(tmp_path: Path) -> None:
     slow = tmp_path / "big.webp"
     slow.write_bytes(webp_canvas(6000, 6000))
-    context = multiprocessing.get_context("spawn")
-    process = context.Process(target=_render_bounded, args=(slow, 480, 0.05))
+    fine = saved(quadrants(), tmp_path / "fine.png", "PNG")
 
-    process.start()
-    process.join(30)
+    assert make(slow, "image/webp", timeout=0.05) is None
+    assert make(fine, "image/png") is not None
 
-    assert process.exitcode == -signal.SIGALRM
+    assert multiprocessing.active_children() == []
 
 
 def cpu_seconds(work: Callable[[], object]) -> float:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
-from storage.base import ObjectNotFound, StoreError, new_object_key
-from storage.local import TEMP_SUFFIX, LocalStore
+from storage.base import Buffer, ObjectNotFound, StoreError, new_object_key
+from storage.local import TEMP_SUFFIX, LocalStore, _Reader
 from tests.storage.support import (
     GatedSource,
     descriptors_open_on,
@@ -178,3 +180,69 @@ def test_put_file_of_a_short_file_fails_and_leaves_nothing(
         asyncio.run(local_store.put_file(new_object_key(), source, len(CONTENT) + 1))
 
     assert files_under(local_store.root) == []
+
+
+def read_recording_threads(
+    store: LocalStore, key: str, length: int, chunk_size: int
+) -> tuple[bytes, list[str]]:
+    """The object's bytes through a transform, and the thread each chunk ran in."""
+    threads: list[str] = []
+
+    def transform(chunk: Buffer) -> bytes:
+        threads.append(threading.current_thread().name)
+        return bytes(chunk)
+
+    async def scenario() -> bytes:
+        parts = store.get(key, 0, length, chunk_size=chunk_size, transform=transform)
+        return b"".join([part async for part in parts])
+
+    return asyncio.run(scenario()), threads
+
+
+def test_cached_chunks_are_read_on_the_loop_and_cold_ones_in_a_thread(
+    local_store: LocalStore,
+) -> None:
+    key = new_object_key()
+    content = bytes(range(256)) * 12_288  # 3 MiB
+    put(local_store, key, content)
+    path = local_store.root / key[:2] / key
+    path.read_bytes()  # in the page cache
+
+    hot, hot_threads = read_recording_threads(local_store, key, len(content), 1 << 20)
+    with path.open("rb") as handle:
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    cold, cold_threads = read_recording_threads(local_store, key, len(content), 1 << 20)
+
+    assert hot == cold == content
+    # Opening may wait on the disk, so the first chunk always comes from a thread.
+    assert [name.startswith("local-store") for name in hot_threads] == [
+        True,
+        False,
+        False,
+    ]
+    # The kernel reads ahead of the first (thread) read, so later chunks may be hot.
+    assert cold_threads[0].startswith("local-store")
+
+
+def test_a_read_that_would_wait_on_the_disk_is_not_done_on_the_loop(
+    local_store: LocalStore,
+) -> None:
+    key = new_object_key()
+    content = bytes(range(256)) * 4096
+    put(local_store, key, content)
+    path = local_store.root / key[:2] / key
+    reader = _Reader(len(content), bytes)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        cold = reader.read_cached(descriptor, len(content), 0)
+        os.pread(descriptor, len(content), 0)  # now in the page cache
+        hot = reader.read_cached(descriptor, len(content), 0)
+        past_the_end = reader.read_cached(descriptor, len(content), 1)
+    finally:
+        os.close(descriptor)
+        reader.release()
+
+    assert cold is None
+    assert hot == (len(content), content)
+    assert past_the_end is None  # a short read is the thread's to judge
