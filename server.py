@@ -209,6 +209,7 @@ async def housekeeping(services: Services, malloc: Malloc | None = None) -> None
     freed memory back."""
     services.ingestor.release_idle_buffers()
     buffers.STREAMS.release_if_idle()
+    services.store.store.release_idle()
     if malloc is not None:
         malloc.trim()
     await services.views.flush()
@@ -345,6 +346,7 @@ async def serve(
     server = make_http_server(services)
     server.balance = balance
     stop_listening = listen(server, sockets)
+    logger.info("worker ready: accepting connections")
     ticker = ioloop.PeriodicCallback(
         lambda: housekeeping(services, malloc), FLUSH_SECONDS * 1000
     )

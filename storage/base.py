@@ -114,6 +114,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list(self) -> AsyncIterator[ObjectInfo]: ...
 
+    def release_idle(self) -> None:
+        """Let go of what is kept for reuse and went unused since the last call
+        (the server calls it every housekeeping round)."""
+
     async def prepare(self) -> None:
         """Make the store ready (e.g. create its bucket); safe to call repeatedly."""
 

@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,12 +26,20 @@ from storage.base import (
     check_object_key,
 )
 from storage.buffers import STREAMS
+from storage.mapped import Mapped, Mappings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 WRITE_CHUNK = 1024 * 1024
+# Object files kept mapped for streaming, per process: reads of at least
+# MAPPED_FROM bytes (streams; small objects are read whole, once, and kept in
+# memory by the handlers), MAPPED_FILES files (each keeps a descriptor open) and
+# MAPPED_BYTES bytes at most.
+MAPPED_FROM = 4 * 1024 * 1024
+MAPPED_FILES = 64
+MAPPED_BYTES = 256 * 1024 * 1024
 TEMP_SUFFIX = ".partial"
 # Why a hard link into the store may fail where a copy works: another file system,
 # or one without hard links.
@@ -47,6 +56,7 @@ class LocalStore(Store):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="local-store")
+        self._mappings = Mappings(MAPPED_BYTES, MAPPED_FILES)
 
     def _path(self, key: str) -> Path:
         check_object_key(key)
@@ -63,6 +73,15 @@ class LocalStore(Store):
             raise ObjectNotFound("object not found") from None
         except OSError as error:
             raise StoreError(f"local store: {error.strerror or error}") from error
+
+    async def _finished(self, work: asyncio.Future[T]) -> T:
+        """`work`'s result; if we are interrupted (cancelled), the work is still
+        waited for, as it writes into buffers that go back to a shared pool."""
+        try:
+            return await self._result(asyncio.shield(work))
+        except BaseException:
+            await asyncio.wait([work])
+            raise
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await self._result(self._submit(function, *args))
@@ -123,12 +142,59 @@ class LocalStore(Store):
         chunk_size: int = READ_CHUNK,
         transform: Transform | None = None,
     ) -> AsyncGenerator[Buffer, None]:
-        # Open and the first read go together in a thread (opening can wait on the
-        # disk). Later chunks are read and transformed right here when the page
-        # cache holds them: a hot file streams without a thread hop per chunk, the
-        # loop busy for well under a millisecond a chunk. Anything that would wait
-        # on the disk is read in a thread. A transform is done with its input when
-        # it returns, so one read buffer serves them all.
+        if transform is None or length < MAPPED_FROM or not self._mappings.available():
+            async with aclosing(
+                self._read(key, offset, length, chunk_size, transform)
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        # Opening can wait on the disk: a thread. Then each chunk is transformed
+        # straight from the object's mapping, right here when the page cache holds
+        # it (a hot object streams with no copy and no thread hop, the loop busy
+        # well under a millisecond a chunk), in a thread when it would wait on the
+        # disk.
+        mapped = await self._run(self._open_mapped, self._path(key), key)
+        if mapped is None:
+            async with aclosing(
+                self._read(key, offset, length, chunk_size, transform)
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        view = mapped.view()
+        try:
+            position, end = offset, min(offset + length, mapped.size)
+            while position < end:
+                size = min(chunk_size, end - position)
+                piece = view[position : position + size]
+                if mapped.resident(position, size):
+                    chunk = transform(piece)
+                else:
+                    chunk = await self._finished(self._submit(transform, piece))
+                del piece
+                yield chunk
+                position += size
+        finally:
+            view.release()
+
+    def _open_mapped(self, path: Path, key: str) -> Mapped | None:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            return self._mappings.open(key, descriptor)
+        finally:
+            os.close(descriptor)
+
+    async def _read(
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        chunk_size: int,
+        transform: Transform | None,
+    ) -> AsyncGenerator[Buffer, None]:
+        """`get` by positioned reads, one thread hop a chunk: for objects that are
+        not mapped (empty, too large, or no mincore here)."""
         first = min(chunk_size, length)
         reader = _Reader(first, transform)
         try:
@@ -146,22 +212,19 @@ class LocalStore(Store):
                 remaining -= read
                 if remaining <= 0:
                     return
-                size = min(chunk_size, remaining)
-                try:
-                    cached = reader.read_cached(descriptor, size, position)
-                except OSError as error:
-                    raise StoreError(
-                        f"local store: {error.strerror or error}"
-                    ) from error
-                if cached is None:
-                    cached = await self._run(reader.read, descriptor, size, position)
-                read, chunk = cached
+                read, chunk = await self._run(
+                    reader.read, descriptor, min(chunk_size, remaining), position
+                )
         finally:
             os.close(descriptor)
             reader.release()
 
+    def release_idle(self) -> None:
+        self._mappings.release_idle()
+
     async def delete(self, key: str) -> None:
         path = self._path(key)
+        self._mappings.forget(key)  # so its disk space goes once streams end
         await self._run(path.unlink, True)
 
     async def stat(self, key: str) -> ObjectInfo:
@@ -186,10 +249,6 @@ def _info(key: str, result: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, result.st_size, modified)
 
 
-# Whether preadv2(RWF_NOWAIT) works here; cleared the first time it is refused.
-_nowait = [hasattr(os, "RWF_NOWAIT")]
-
-
 class _Reader:
     """Positioned reads of one object, each passed through the transform."""
 
@@ -205,27 +264,6 @@ class _Reader:
         view = memoryview(self._buffer)[:size]
         read = os.preadv(descriptor, [view], position)
         return read, (self._transform(view[:read]) if read else b"")
-
-    def read_cached(
-        self, descriptor: int, size: int, position: int
-    ) -> tuple[int, Buffer] | None:
-        """`read()`, without blocking: None if that would wait on the disk (or the
-        file system cannot tell), or if fewer than `size` bytes are there."""
-        if self._buffer is None or self._transform is None or not _nowait[0]:
-            return None
-        view = memoryview(self._buffer)[:size]
-        try:
-            read = os.preadv(descriptor, [view], position, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return None
-        except OSError as error:
-            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            _nowait[0] = False  # this kernel or file system has no RWF_NOWAIT
-            return None
-        if read < size:
-            return None  # partly cached, or past the end: the thread read decides
-        return read, self._transform(view)
 
     def release(self) -> None:
         """Hand the read buffer back; no read may be in flight."""

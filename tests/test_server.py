@@ -204,6 +204,10 @@ def test_keep_alive_connections_are_spread_over_the_workers(data_dir):
     try:
         workers = [int(pid) for pid in worker_pids(server.process.pid)]
         assert len(workers) == 2
+        deadline = time.monotonic() + 15
+        while server.log_path.read_text().count("worker ready") < 2:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
         host, port = server.base.removeprefix("http://").split(":")
         for _ in range(4):
             client = socket.create_connection((host, int(port)), timeout=10)

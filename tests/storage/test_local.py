@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from storage.base import Buffer, ObjectNotFound, StoreError, new_object_key
-from storage.local import TEMP_SUFFIX, LocalStore, _Reader
+from storage.local import TEMP_SUFFIX, LocalStore
+from storage.mapped import Mapped, Mappings
 from tests.storage.support import (
     GatedSource,
     descriptors_open_on,
@@ -199,50 +200,86 @@ def read_recording_threads(
     return asyncio.run(scenario()), threads
 
 
-def test_cached_chunks_are_read_on_the_loop_and_cold_ones_in_a_thread(
+def test_hot_streams_run_on_the_loop_and_cold_ones_in_a_thread(
     local_store: LocalStore,
 ) -> None:
     key = new_object_key()
-    content = bytes(range(256)) * 12_288  # 3 MiB
+    content = bytes(range(256)) * (24 * 1024)  # 6 MiB: streamed from a mapping
     put(local_store, key, content)
     path = local_store.root / key[:2] / key
     path.read_bytes()  # in the page cache
 
     hot, hot_threads = read_recording_threads(local_store, key, len(content), 1 << 20)
+    local_store.release_idle()
+    local_store.release_idle()  # unused for a round: unmapped
     with path.open("rb") as handle:
         os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     cold, cold_threads = read_recording_threads(local_store, key, len(content), 1 << 20)
 
     assert hot == cold == content
-    # Opening may wait on the disk, so the first chunk always comes from a thread.
-    assert [name.startswith("local-store") for name in hot_threads] == [
-        True,
-        False,
-        False,
-    ]
+    assert len(hot_threads) == 6
+    assert not any(name.startswith("local-store") for name in hot_threads)
     # The kernel reads ahead of the first (thread) read, so later chunks may be hot.
     assert cold_threads[0].startswith("local-store")
 
 
-def test_a_read_that_would_wait_on_the_disk_is_not_done_on_the_loop(
-    local_store: LocalStore,
-) -> None:
-    key = new_object_key()
-    content = bytes(range(256)) * 4096
-    put(local_store, key, content)
-    path = local_store.root / key[:2] / key
-    reader = _Reader(len(content), bytes)
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-        cold = reader.read_cached(descriptor, len(content), 0)
-        os.pread(descriptor, len(content), 0)  # now in the page cache
-        hot = reader.read_cached(descriptor, len(content), 0)
-        past_the_end = reader.read_cached(descriptor, len(content), 1)
-    finally:
-        os.close(descriptor)
-        reader.release()
+def fresh_file(folder: Path, content: bytes) -> Path:
+    path = folder / new_object_key()
+    path.write_bytes(content)
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return path
 
-    assert cold is None
-    assert hot == (len(content), content)
-    assert past_the_end is None  # a short read is the thread's to judge
+
+def test_a_mapping_tells_which_ranges_the_page_cache_holds(tmp_path: Path) -> None:
+    content = bytes(range(256)) * 8192  # 2 MiB
+    path = fresh_file(tmp_path, content)
+    mappings = Mappings(max_bytes=1 << 30, max_files=8)
+    with path.open("rb") as handle:
+        mapped = mappings.open(path.name, handle.fileno())
+        assert mapped is not None
+        cold = mapped.resident(0, len(content))
+        os.pread(handle.fileno(), 4096 * 3, 4096)  # pages 1 to 3, nothing more
+        os.posix_fadvise(handle.fileno(), 8192 * 2, 0, os.POSIX_FADV_DONTNEED)
+
+    assert not cold
+    assert mapped.resident(4096, 4096 * 3)
+    assert mapped.resident(5000, 100)  # inside page 1
+    assert not mapped.resident(0, len(content))
+    assert bytes(mapped.view()) == content
+
+
+def test_mappings_are_bounded_replaced_with_their_file_and_let_go(
+    tmp_path: Path,
+) -> None:
+    mappings = Mappings(max_bytes=3 * 4096, max_files=2)
+    paths = [fresh_file(tmp_path, bytes([index]) * 4096) for index in range(3)]
+
+    def open_one(path: Path) -> object:
+        with path.open("rb") as handle:
+            return mappings.open(path.name, handle.fileno())
+
+    first = open_one(paths[0])
+    assert open_one(paths[0]) is first  # the same file: reused
+    open_one(paths[1])
+    open_one(paths[2])  # a third file: the least recently used goes
+    assert open_one(paths[0]) is not first
+    assert mappings.mapped_bytes == 2 * 4096
+
+    # The same key, a new file (renamed over it): mapped anew.
+    paths[2].with_name("new").write_bytes(b"x" * 4096)
+    paths[2].with_name("new").rename(paths[2])
+    replaced = open_one(paths[2])
+    assert isinstance(replaced, Mapped)
+    assert bytes(replaced.view()) == b"x" * 4096
+
+    mappings.forget(paths[0].name)
+    assert mappings.mapped_bytes == 4096
+    mappings.release_idle()  # used this round: kept
+    assert mappings.mapped_bytes == 4096
+    mappings.release_idle()
+    assert mappings.mapped_bytes == 0
+    empty = tmp_path / "empty"
+    empty.touch()
+    assert open_one(empty) is None  # nothing to map
