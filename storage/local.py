@@ -33,13 +33,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WRITE_CHUNK = 1024 * 1024
-# Object files kept mapped for streaming, per process: reads of at least
-# MAPPED_FROM bytes (streams; small objects are read whole, once, and kept in
-# memory by the handlers), MAPPED_FILES files (each keeps a descriptor open) and
-# MAPPED_BYTES bytes at most.
+# Object files mapped for streaming, per process (storage.mapped): reads of at
+# least MAPPED_FROM bytes (streams; small objects are read whole, once, and kept
+# in memory by the handlers), MAPPED_FILES files (each keeps a descriptor open)
+# and MAPPED_BYTES bytes at most, streams in flight included.
 MAPPED_FROM = 4 * 1024 * 1024
 MAPPED_FILES = 64
-MAPPED_BYTES = 256 * 1024 * 1024
+MAPPED_BYTES = 128 * 1024 * 1024
 TEMP_SUFFIX = ".partial"
 # Why a hard link into the store may fail where a copy works: another file system,
 # or one without hard links.
@@ -177,6 +177,7 @@ class LocalStore(Store):
                 position += size
         finally:
             view.release()
+            self._mappings.done(mapped)
 
     def _open_mapped(self, path: Path, key: str) -> Mapped | None:
         descriptor = os.open(path, os.O_RDONLY)

@@ -11,6 +11,9 @@ Two rules keep it safe:
 
 - `resident()` tells whether the page cache holds a range (mincore), so the loop
   only touches pages that cannot wait on the disk; other ranges go to a thread.
+- Only objects asked for again are mapped, and no more than the bound, streams in
+  flight included: mapped pages count in the process's memory (RSS and PSS), so
+  twenty different files downloaded once each are read the plain way, not mapped.
 - Objects are immutable: written under a temporary name and renamed, or linked,
   never changed in place. A mapping is checked against the file (device, inode,
   size) whenever a stream starts. A file truncated in place by someone else while
@@ -86,6 +89,7 @@ class Mapped:
     mapping: mmap.mmap
     address: int
     used: bool = field(default=True)
+    streams: int = field(default=1)  # streams reading it now
 
     @property
     def size(self) -> int:
@@ -110,18 +114,23 @@ class Mapped:
 
 class Mappings:
     """Mappings of the objects streamed lately: at most `max_files` of them, and
-    `max_bytes` in all (each keeps a descriptor of its file open).
+    `max_bytes` in all, those streams still read included (each mapping keeps a
+    descriptor of its file open).
 
-    Thread-safe. A mapping leaves the table when it is the least recently used
-    one over the bound, when a housekeeping round passes without a stream of it,
-    or when its object is deleted here; it is unmapped once the last stream still
-    reading it lets go of its view.
+    Thread-safe. Each stream that `open` gave a mapping calls `done` with it. An
+    idle mapping (no stream reading it) leaves the table when it is the least
+    recently used one and room is needed, when a housekeeping round passes
+    without a stream of it, or when its object is deleted here; it is unmapped
+    once the last view of it goes.
     """
+
+    SEEN = 4096  # keys remembered as asked for once
 
     def __init__(self, max_bytes: int, max_files: int) -> None:
         self._max_bytes = max_bytes
         self._max_files = max_files
         self._table: OrderedDict[str, Mapped] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -131,42 +140,70 @@ class Mappings:
 
     def open(self, key: str, descriptor: int) -> Mapped | None:
         """The mapping of the open object file, made or reused (blocking: call it
-        off the loop). None for an empty file, or one larger than the bound."""
+        off the loop). None when the object is not worth mapping or there is no
+        room: empty, asked for the first time lately, or larger than the room
+        that idle mappings can make."""
         status = os.fstat(descriptor)
         identity = (status.st_dev, status.st_ino, status.st_size)
+        size = status.st_size
         with self._lock:
             known = self._table.get(key)
             if known is not None and known.identity == identity:
                 known.used = True
+                known.streams += 1
                 self._table.move_to_end(key)
                 return known
-        if not 0 < status.st_size <= self._max_bytes:
-            return None
-        mapping = mmap.mmap(descriptor, status.st_size, access=mmap.ACCESS_READ)
-        made = Mapped(identity, mapping, _address(mapping))
-        with self._lock:
-            self._drop(key)
+            if key not in self._seen:
+                self._seen[key] = None
+                if len(self._seen) > self.SEEN:
+                    self._seen.popitem(last=False)
+                return None
+            if size <= 0 or not self._make_room(key, size):
+                return None
+            # Mapping is quick (no IO: pages come in as they are touched).
+            mapping = mmap.mmap(descriptor, size, access=mmap.ACCESS_READ)
+            made = Mapped(identity, mapping, _address(mapping))
             self._table[key] = made
-            self._bytes += made.size
-            while self._bytes > self._max_bytes or len(self._table) > self._max_files:
-                self._drop(next(iter(self._table)))
-        return made
+            self._bytes += size
+            return made
+
+    def done(self, mapped: Mapped) -> None:
+        """A stream that `open` gave `mapped` no longer reads it."""
+        with self._lock:
+            mapped.streams -= 1
 
     def forget(self, key: str) -> None:
         with self._lock:
             self._drop(key)
+            self._seen.pop(key, None)
 
     def release_idle(self) -> None:
-        """Drop the mappings no stream opened since the last call."""
+        """Drop the idle mappings no stream opened since the last call."""
         with self._lock:
-            for key in [key for key, known in self._table.items() if not known.used]:
-                self._drop(key)
+            for key, known in list(self._table.items()):
+                if not known.used and not known.streams:
+                    self._drop(key)
             for known in self._table.values():
                 known.used = False
 
     @property
     def mapped_bytes(self) -> int:
         return self._bytes
+
+    def _make_room(self, key: str, size: int) -> bool:
+        """Drop idle mappings, least recently used first, until `size` more bytes
+        and one more file fit; False if they cannot."""
+        self._drop(key)  # a stale mapping of a file since replaced
+        for idle in [k for k, known in self._table.items() if not known.streams]:
+            if self._fits(size):
+                break
+            self._drop(idle)
+        return self._fits(size)
+
+    def _fits(self, size: int) -> bool:
+        return (
+            self._bytes + size <= self._max_bytes and len(self._table) < self._max_files
+        )
 
     def _drop(self, key: str) -> None:
         known = self._table.pop(key, None)

@@ -208,10 +208,11 @@ def test_hot_streams_run_on_the_loop_and_cold_ones_in_a_thread(
     put(local_store, key, content)
     path = local_store.root / key[:2] / key
     path.read_bytes()  # in the page cache
+    read_recording_threads(local_store, key, len(content), 1 << 20)  # asked once
 
     hot, hot_threads = read_recording_threads(local_store, key, len(content), 1 << 20)
     local_store.release_idle()
-    local_store.release_idle()  # unused for a round: unmapped
+    local_store.release_idle()  # unused for a round: unmapped (still "asked for")
     with path.open("rb") as handle:
         os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     cold, cold_threads = read_recording_threads(local_store, key, len(content), 1 << 20)
@@ -237,6 +238,7 @@ def test_a_mapping_tells_which_ranges_the_page_cache_holds(tmp_path: Path) -> No
     path = fresh_file(tmp_path, content)
     mappings = Mappings(max_bytes=1 << 30, max_files=8)
     with path.open("rb") as handle:
+        assert mappings.open(path.name, handle.fileno()) is None  # the first time
         mapped = mappings.open(path.name, handle.fileno())
         assert mapped is not None
         cold = mapped.resident(0, len(content))
@@ -250,29 +252,62 @@ def test_a_mapping_tells_which_ranges_the_page_cache_holds(tmp_path: Path) -> No
     assert bytes(mapped.view()) == content
 
 
-def test_mappings_are_bounded_replaced_with_their_file_and_let_go(
-    tmp_path: Path,
+def test_objects_are_mapped_from_the_second_stream_on(
+    local_store: LocalStore,
 ) -> None:
+    contents = [bytes([index]) * (5 << 20) for index in range(3)]
+    keys = [new_object_key() for _ in contents]
+    for key, content in zip(keys, contents, strict=True):
+        put(local_store, key, content)
+
+    for key, content in zip(keys, contents, strict=True):
+        assert read_recording_threads(local_store, key, len(content), 1 << 20)[0] == (
+            content
+        )
+    assert local_store._mappings.mapped_bytes == 0  # each asked for once
+    for key, content in zip(keys, contents, strict=True):
+        assert read_recording_threads(local_store, key, len(content), 1 << 20)[0] == (
+            content
+        )
+    assert local_store._mappings.mapped_bytes == 3 * (5 << 20)
+
+
+def test_mappings_are_bounded_streams_included_and_let_go(tmp_path: Path) -> None:
     mappings = Mappings(max_bytes=3 * 4096, max_files=2)
     paths = [fresh_file(tmp_path, bytes([index]) * 4096) for index in range(3)]
 
-    def open_one(path: Path) -> object:
+    def open_one(path: Path) -> Mapped | None:
         with path.open("rb") as handle:
             return mappings.open(path.name, handle.fileno())
 
-    first = open_one(paths[0])
-    assert open_one(paths[0]) is first  # the same file: reused
-    open_one(paths[1])
-    open_one(paths[2])  # a third file: the least recently used goes
-    assert open_one(paths[0]) is not first
+    def opened_and_done(path: Path) -> Mapped | None:
+        mapped = open_one(path)
+        if mapped is not None:
+            mappings.done(mapped)
+        return mapped
+
+    assert [opened_and_done(path) for path in paths] == [None, None, None]
+    first = opened_and_done(paths[0])
+    assert first is not None and bytes(first.view()) == bytes(4096)
+    assert opened_and_done(paths[0]) is first  # the same file: reused
+    opened_and_done(paths[1])
+    opened_and_done(paths[2])  # a third file: the least recently used idle one goes
     assert mappings.mapped_bytes == 2 * 4096
+    assert opened_and_done(paths[0]) is not first
+
+    # Two streams in flight hold both places: nothing more is mapped.
+    reading = [open_one(paths[0]), open_one(paths[2])]
+    assert all(reading)
+    assert open_one(paths[1]) is None
+    for mapped in reading:
+        assert mapped is not None
+        mappings.done(mapped)
 
     # The same key, a new file (renamed over it): mapped anew.
     paths[2].with_name("new").write_bytes(b"x" * 4096)
     paths[2].with_name("new").rename(paths[2])
-    replaced = open_one(paths[2])
-    assert isinstance(replaced, Mapped)
-    assert bytes(replaced.view()) == b"x" * 4096
+    replaced = opened_and_done(paths[2])
+    assert replaced is not None and bytes(replaced.view()) == b"x" * 4096
 
     mappings.forget(paths[0].name)
     assert mappings.mapped_bytes == 4096
@@ -282,4 +317,5 @@ def test_mappings_are_bounded_replaced_with_their_file_and_let_go(
     assert mappings.mapped_bytes == 0
     empty = tmp_path / "empty"
     empty.touch()
-    assert open_one(empty) is None  # nothing to map
+    open_one(empty)
+    assert open_one(empty) is None  # asked for again, but nothing to map
