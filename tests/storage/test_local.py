@@ -319,3 +319,22 @@ def test_mappings_are_bounded_streams_included_and_let_go(tmp_path: Path) -> Non
     empty.touch()
     open_one(empty)
     assert open_one(empty) is None  # asked for again, but nothing to map
+
+
+def test_a_deleted_object_is_unmapped_so_its_space_is_freed(
+    local_store: LocalStore,
+) -> None:
+    key = new_object_key()
+    content = bytes(range(256)) * (20 * 1024)  # 5 MiB
+    put(local_store, key, content)
+    path = local_store.root / key[:2] / key
+    for _ in range(2):  # mapped from the second stream on
+        read_recording_threads(local_store, key, len(content), 1 << 20)
+    assert descriptors_open_on(path) == 1  # the mapping's own
+    assert local_store._mappings.mapped_bytes == len(content)
+
+    asyncio.run(local_store.delete(key))
+
+    assert local_store._mappings.mapped_bytes == 0
+    assert descriptors_open_on(Path(f"{path} (deleted)")) == 0
+    assert not path.exists()
