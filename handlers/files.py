@@ -177,9 +177,9 @@ class RawFileHandler(StoredContentHandler):
     async def _pipe(
         self, file: FileView, first: Buffer, chunks: AsyncIterator[Buffer]
     ) -> None:
-        """Send the chunks; the store reads and decrypts the next one (in its
-        threads) while the connection sends this one. A chunk is only asked for once
-        the one before it is sent: the buffers are reused, two chunks per client."""
+        """Send the chunks, each one once the one before it is sent: the store
+        reuses its buffers, two chunks per client (and may read the next chunk
+        ahead meanwhile, as the S3 store does)."""
         connection = self.request.connection
         assert connection is not None
         try:
