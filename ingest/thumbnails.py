@@ -12,7 +12,6 @@ import io
 import logging
 import multiprocessing
 import signal
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -158,9 +157,8 @@ class Thumbnailer:
         self._timeout = timeout
         self._max_side = max_side
         self._context = multiprocessing.get_context("fork")
-        # Threads that wait on the children, one per child at most.
+        # Threads that wait on the children: `processes` children at most.
         self._waiters = ThreadPoolExecutor(processes, thread_name_prefix="thumbnails")
-        self._slots = threading.BoundedSemaphore(processes)
         Image.init()  # every plugin imported now, not in each child
 
     async def make(self, path: Path, mimetype: str) -> Thumbnail | None:
@@ -183,18 +181,15 @@ class Thumbnailer:
 
     def _render(self, path: Path) -> Thumbnail:
         """Fork, render in the child, collect (blocking; in a waiter thread)."""
-        with self._slots:
-            reader, writer = self._context.Pipe(duplex=False)
-            process = self._context.Process(
-                target=_render_in_child,
-                args=(writer, path, self._max_side),
-                daemon=True,
-            )
-            try:
-                process.start()
-            finally:
-                writer.close()
-            return _collect(process, reader, self._timeout)
+        reader, writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_render_in_child, args=(writer, path, self._max_side), daemon=True
+        )
+        try:
+            process.start()
+        finally:
+            writer.close()
+        return _collect(process, reader, self._timeout)
 
     def close(self) -> None:
         self._waiters.shutdown(wait=False, cancel_futures=True)

@@ -69,14 +69,14 @@ class Store(abc.ABC):
       is yielded instead (empty results are yielded too); what it raises
       propagates. The transform runs in the backend's worker thread, or on the loop
       for a chunk that was read without waiting (the local store's page cache):
-      never after a wait on the disk or network. The chunk it is given is only valid during
-      the call (a backend may read the next chunk into the same buffer).
-      A backend may read and transform the next chunk as soon as one is yielded,
-      before it is asked for: the transform then runs while the caller still holds
-      the chunk it got last (a transform reusing output buffers needs two). It
-      raises ObjectNotFound when the key is absent, StoreError on any other failure
-      (also mid-stream). Fewer bytes than asked means the object is shorter;
-      callers detect that.
+      never after a wait on the disk or network. The chunk it is given is only
+      valid during the call (a backend may read the next chunk into the same
+      buffer). A backend may read and transform the next chunk as soon as one is
+      yielded, before it is asked for: the transform then runs while the caller
+      still holds the chunk it got last (a transform reusing output buffers needs
+      two). It raises ObjectNotFound when the key is absent, StoreError on any
+      other failure (also mid-stream). Fewer bytes than asked means the object is
+      shorter; callers detect that.
     - `delete` removes the object; deleting an absent key is not an error.
     - `stat` returns ObjectInfo or raises ObjectNotFound.
     - `list` yields ObjectInfo for every object, in no particular order.

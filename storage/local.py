@@ -62,29 +62,21 @@ class LocalStore(Store):
         check_object_key(key)
         return self.root / key[:2] / key
 
-    def _submit(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Start `function` in the pool now (not on the loop's next turn)."""
-        return asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
-
-    async def _result(self, work: asyncio.Future[T]) -> T:
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function` in a store thread. If we are interrupted (cancelled), the
+        thread's work is still waited for: it may be using a descriptor we close,
+        or a buffer that goes back to a shared pool."""
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._pool, function, *args)
         try:
-            return await work
+            return await asyncio.shield(work)
         except FileNotFoundError:
             raise ObjectNotFound("object not found") from None
         except OSError as error:
             raise StoreError(f"local store: {error.strerror or error}") from error
-
-    async def _finished(self, work: asyncio.Future[T]) -> T:
-        """`work`'s result; if we are interrupted (cancelled), the work is still
-        waited for, as it writes into buffers that go back to a shared pool."""
-        try:
-            return await self._result(asyncio.shield(work))
         except BaseException:
             await asyncio.wait([work])
             raise
-
-    async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        return await self._result(self._submit(function, *args))
 
     async def put(self, key: str, source: Readable, length: int) -> None:
         await self._run(self._write, self._path(key), source, length)
@@ -142,20 +134,18 @@ class LocalStore(Store):
         chunk_size: int = READ_CHUNK,
         transform: Transform | None = None,
     ) -> AsyncGenerator[Buffer, None]:
-        if transform is None or length < MAPPED_FROM or not self._mappings.available():
-            async with aclosing(
-                self._read(key, offset, length, chunk_size, transform)
-            ) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
-        # Opening can wait on the disk: a thread. Then each chunk is transformed
-        # straight from the object's mapping, right here when the page cache holds
-        # it (a hot object streams with no copy and no thread hop, the loop busy
-        # well under a millisecond a chunk), in a thread when it would wait on the
-        # disk.
-        mapped = await self._run(self._open_mapped, self._path(key), key)
-        if mapped is None:
+        # Opening can wait on the disk: a thread. Then a large object is read
+        # from its mapping, if it has one: each chunk transformed right here when
+        # the page cache holds it (no copy, no thread hop, the loop busy well under
+        # a millisecond a chunk), in a thread when it would wait on the disk.
+        mapped = None
+        if (
+            transform is not None
+            and length >= MAPPED_FROM
+            and self._mappings.available()
+        ):
+            mapped = await self._run(self._open_mapped, self._path(key), key)
+        if transform is None or mapped is None:
             async with aclosing(
                 self._read(key, offset, length, chunk_size, transform)
             ) as chunks:
@@ -171,7 +161,7 @@ class LocalStore(Store):
                 if mapped.resident(position, size):
                     chunk = transform(piece)
                 else:
-                    chunk = await self._finished(self._submit(transform, piece))
+                    chunk = await self._run(transform, piece)
                 del piece
                 yield chunk
                 position += size

@@ -27,7 +27,7 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PAGE = mmap.PAGESIZE
 # mincore sets the low bit of each page's byte; the others are reserved.
@@ -88,8 +88,8 @@ class Mapped:
     identity: tuple[int, int, int]  # device, inode, size
     mapping: mmap.mmap
     address: int
-    used: bool = field(default=True)
-    streams: int = field(default=1)  # streams reading it now
+    used: bool = True
+    streams: int = 1  # streams reading it now
 
     @property
     def size(self) -> int:

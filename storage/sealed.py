@@ -128,9 +128,9 @@ class SealedStore:
     ) -> AsyncGenerator[Buffer, None]:
         """Plaintext bytes start..end inclusive, in chunks of about `chunk_size`.
 
-        Each chunk is read and decrypted in one of the store's worker threads, and
-        authenticated in full before it is yielded; the store reads the next chunk
-        ahead while the caller uses this one. With `reuse_buffers` a yielded chunk
+        Each chunk is decrypted where the store runs its transform (never after a
+        wait on IO on the loop; see Store.get), and authenticated in full before it
+        is yielded. With `reuse_buffers` a yielded chunk
         is only valid until the next one is asked for (a streaming reader that sends
         each chunk before asking again allocates nothing per chunk).
         Raises ObjectNotFound/StoreError from the store and IntegrityError when the

@@ -8,6 +8,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -338,3 +339,25 @@ def test_a_deleted_object_is_unmapped_so_its_space_is_freed(
     assert local_store._mappings.mapped_bytes == 0
     assert descriptors_open_on(Path(f"{path} (deleted)")) == 0
     assert not path.exists()
+
+
+def test_a_cancelled_store_call_ends_only_after_its_thread_work(
+    local_store: LocalStore,
+) -> None:
+    # The thread may be reading into a pooled buffer or through a descriptor that
+    # the caller's cleanup hands back or closes.
+    finished = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.3)
+        finished.set()
+
+    async def scenario() -> bool:
+        task = asyncio.ensure_future(local_store._run(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return finished.is_set()
+
+    assert asyncio.run(scenario())
